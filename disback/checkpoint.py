@@ -1,0 +1,174 @@
+"""Self-describing artifacts: atomic safetensors + JSON writes, sha256 checks, resumable training state.
+
+Nothing here uses pickle. A training state is one safetensors file (module weights, optimiser moments,
+RNG state) plus a JSON sidecar (step, config hash, optimiser hyperparameters, the file's sha256).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class ArtifactError(ValueError):
+    """A checkpoint, node or manifest is missing, altered or does not match what it is loaded for."""
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (names, shapes and bytes), independent of any file."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _atomic(path: Path, write):
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj) -> None:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+    _atomic(path, w)
+
+
+def save_tensors(path, tensors: dict) -> str:
+    """Atomically save ``{name: tensor}`` as safetensors; returns the file's sha256."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+    return sha256_file(path)
+
+
+def load_tensors(path, sha256: str | None = None) -> dict:
+    """Load safetensors, first checking the file exists and (if given) its sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"missing file {path}")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise ArtifactError(f"{path}: sha256 does not match its manifest (file altered or truncated)")
+    return load_file(str(path))
+
+
+def load_module(module: torch.nn.Module, tensors: dict, prefix: str = "") -> None:
+    """Strict load of ``prefix``-named tensors into ``module``: a missing or extra key is an error."""
+    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    try:
+        missing, unexpected = module.load_state_dict(own, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise ArtifactError(f"weights do not fit the module: {str(e).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise ArtifactError(f"weights do not fit the module: missing {list(missing)[:5]}, "
+                            f"unexpected {list(unexpected)[:5]}")
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
+    """Split an optimiser's state into tensors (for safetensors) and JSON-able hyperparameters."""
+    sd = opt.state_dict()
+    tensors = {f"{prefix}.{pid}.{k}": torch.as_tensor(v) for pid, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            pid, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class TrainingState:
+    """Resumable state of one training loop in ``run_dir``: ``state.safetensors`` + ``state.json``."""
+
+    def __init__(self, run_dir, config_hash: str):
+        self.dir = Path(run_dir)
+        self.config_hash = config_hash
+
+    @property
+    def files(self):
+        return self.dir / "state.safetensors", self.dir / "state.json"
+
+    def save(self, step: int, modules: dict, optimizers: dict, rng: torch.Generator, extra: dict | None = None):
+        tensors, meta = {}, {"step": step, "config_hash": self.config_hash, "optimizers": {}, "extra": extra or {}}
+        for name, m in modules.items():
+            tensors.update({f"{name}.{k}": v for k, v in m.state_dict().items()})
+        for name, opt in optimizers.items():
+            t, m = optimizer_tensors(opt, f"opt_{name}")
+            tensors.update(t)
+            meta["optimizers"][name] = m
+        tensors["rng"] = rng.get_state()
+        meta["sha256"] = save_tensors(self.files[0], tensors)
+        write_json(self.files[1], meta)  # written last: a state exists only once both files are complete
+
+    def load(self, modules: dict, optimizers: dict, rng: torch.Generator) -> dict | None:
+        """Restore in place and return the metadata, or ``None`` if there is no saved state."""
+        tfile, jfile = self.files
+        if not jfile.is_file():
+            return None
+        meta = json.loads(jfile.read_text())
+        if meta.get("config_hash") != self.config_hash:
+            raise ArtifactError(f"{jfile}: saved with config hash {meta.get('config_hash')}, this run has "
+                                f"{self.config_hash}; use a fresh run directory or the same config")
+        tensors = load_tensors(tfile, meta["sha256"])
+        for name, m in modules.items():
+            load_module(m, tensors, f"{name}.")
+        for name, opt in optimizers.items():
+            restore_optimizer(opt, tensors, meta["optimizers"][name], f"opt_{name}")
+        rng.set_state(tensors["rng"])
+        return meta
+
+
+class RunLog:
+    """Per-iteration JSONL log of a run; on resume, records after the resumed step are dropped."""
+
+    def __init__(self, path, resume_step: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step] if resume_step else []
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        self.records = kept
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_finite(value: torch.Tensor, step: int, what: str, state_dir=None) -> None:
+    """Stop on a non-finite loss or gradient, naming the step and the last good checkpoint."""
+    if torch.isfinite(value).all():
+        return
+    last = None
+    if state_dir is not None and (Path(state_dir) / "state.json").is_file():
+        last = json.loads((Path(state_dir) / "state.json").read_text())["step"]
+    where = f"last good checkpoint: step {last} in {state_dir}" if last is not None else "no checkpoint was saved"
+    raise FloatingPointError(f"non-finite {what} at step {step}; {where}")

@@ -1,0 +1,138 @@
+"""Frozen run configurations, one per stage, validated before any compute.
+
+Every field has a comment; every bad value raises ``ValueError`` naming the field, the value and what
+is allowed. ``from_dict`` refuses unknown keys, so a typo in a params YAML fails instead of being ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+
+ARCHS = ("mlp", "unet")
+SPACINGS = ("uniform", "early")
+METHODS = ("diff_instruct", "dmd", "dmd2", "sid")
+
+
+def _fail(cls, name, value, allowed):
+    raise ValueError(f"{cls.__name__}.{name}={value!r}: must be {allowed}")
+
+
+class _Config:
+    """Shared validation and (de)serialisation for the config dataclasses."""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), hints[f.name]
+            ok = {bool: isinstance(value, bool),
+                  int: isinstance(value, int) and not isinstance(value, bool),
+                  float: isinstance(value, (int, float)) and not isinstance(value, bool),
+                  str: isinstance(value, str)}[kind]
+            if not ok:
+                _fail(type(self), f.name, value, f"of type {kind.__name__}")
+            if kind is float:
+                object.__setattr__(self, f.name, float(value))
+        self._check()
+
+    def _check(self):  # ranges; overridden per config
+        pass
+
+    def _require(self, name, ok, allowed):
+        if not ok:
+            _fail(type(self), name, getattr(self, name), allowed)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a mapping, refusing unknown keys."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; allowed keys are {names}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def hash(self) -> str:
+        """Short sha256 of the sorted JSON form: identifies a configuration in manifests and checkpoints."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _positive(cfg, *names):
+    for n in names:
+        cfg._require(n, getattr(cfg, n) > 0, "> 0")
+
+
+@dataclass(frozen=True)
+class TeacherConfig(_Config):
+    arch: str = "mlp"        # backbone: "mlp" for [N, D] vectors, "unet" for [N, C, H, W] images
+    width: int = 128         # hidden units (MLP) or base channels (UNet)
+    depth: int = 3           # residual blocks (MLP) or blocks per resolution (UNet)
+    iters: int = 2000        # denoising-score-matching steps
+    batch: int = 256         # samples per step
+    lr: float = 2e-3         # Adam learning rate
+    ema: float = 0.999       # EMA decay of the returned weights (0 = no EMA)
+    p_mean: float = -1.2     # ln(sigma) ~ N(p_mean, p_std^2) during training (EDM)
+    p_std: float = 1.2
+    seed: int = 0            # initialisation and batch sampling
+
+    def _check(self):
+        self._require("arch", self.arch in ARCHS, f"one of {ARCHS}")
+        _positive(self, "width", "depth", "iters", "batch", "lr", "p_std")
+        self._require("ema", 0 <= self.ema < 1, "in [0, 1)")
+        self._require("seed", self.seed >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class DegradeConfig(_Config):
+    iters: int = 400         # stage-1 fake-score steps on the frozen initial generator's samples
+    num_nodes: int = 4       # N: checkpoints after the teacher; the path holds N + 1 nodes
+    spacing: str = "uniform"  # node steps: "uniform" over stage 1, or "early" (quadratic, dense near the teacher)
+    batch: int = 256         # generator samples per step
+    lr: float = 1e-3         # Adam learning rate of the degrading copy
+    sigma_init: float = 2.5  # input sigma of the one-step generator G0 = D(sigma_init * z, sigma_init)
+    p_mean: float = -1.2     # ln(sigma) distribution of the score-matching loss
+    p_std: float = 1.2
+    ckpt_every: int = 0      # steps between resumable checkpoints (0 = none)
+    seed: int = 0            # generator noise and loss noise
+
+    def _check(self):
+        _positive(self, "iters", "num_nodes", "batch", "lr", "sigma_init", "p_std")
+        self._require("spacing", self.spacing in SPACINGS, f"one of {SPACINGS}")
+        self._require("num_nodes", self.num_nodes <= self.iters, f"<= iters ({self.iters}): one node per step at most")
+        self._require("ckpt_every", self.ckpt_every >= 0, ">= 0")
+        self._require("seed", self.seed >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig(_Config):
+    method: str = "diff_instruct"  # generator loss: diff_instruct (VSD), dmd, dmd2 (dmd + TTUR), sid
+    backtrack: bool = False  # DisBack: target the reversed degradation path, fake score starts at its last node
+    iters: int = 1000        # generator updates (stage 2)
+    iters_per_node: int = 100  # generator updates on each intermediate node before switching to the next
+    batch: int = 256         # generator samples per update
+    lr_gen: float = 1e-4     # Adam learning rate of the generator
+    lr_fake: float = 1e-3    # Adam learning rate of the fake score
+    fake_steps: int = 1      # fake-score updates per generator update (DMD2's two time-scale rule uses 5)
+    sigma_init: float = 2.5  # generator input sigma; must equal the path's when backtracking
+    p_mean: float = -1.2     # ln(sigma) distribution of the generator and fake-score losses
+    p_std: float = 1.2
+    sid_alpha: float = 1.2   # SiD's alpha (only used by method "sid")
+    ema: float = 0.0         # EMA decay of the generator reported at eval (0 = none)
+    eval_every: int = 100    # generator updates between metric evaluations (0 = start and end only)
+    ckpt_every: int = 0      # generator updates between resumable checkpoints (0 = none)
+    seed: int = 0            # generator noise, labels and loss noise
+
+    def _check(self):
+        self._require("method", self.method in METHODS, f"one of {METHODS}")
+        _positive(self, "iters", "iters_per_node", "batch", "lr_gen", "lr_fake", "fake_steps",
+                  "sigma_init", "p_std")
+        self._require("ema", 0 <= self.ema < 1, "in [0, 1)")
+        for n in ("eval_every", "ckpt_every", "seed"):
+            self._require(n, getattr(self, n) >= 0, ">= 0")

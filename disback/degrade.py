@@ -1,0 +1,78 @@
+"""Stage 1, Degradation Recording: fine-tune a copy of the teacher toward the frozen initial generator.
+
+The loop is the fake-score step alone (the same ``fake_score_step`` that stage 2 uses), run against
+G0's samples; nodes are saved at the steps given by ``path.node_steps``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import RunLog, TrainingState, check_finite, fingerprint, write_json
+from .config import DegradeConfig
+from .diffusion import sample_sigma
+from .generator import frozen_copy, make_generator
+from .losses import fake_score_loss
+from .path import MANIFEST, DegradationPath, PathWriter, node_steps
+
+
+def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator):
+    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``)."""
+    z = torch.randn((batch, *data_shape), generator=rng)
+    labels = torch.randint(label_dim, (batch,), generator=rng) if label_dim else None
+    return z, labels
+
+
+def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
+                    rng: torch.Generator, step: int, state_dir=None) -> float:
+    """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss."""
+    z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng)
+    with torch.no_grad():
+        x0 = generator(z, labels)
+    sigma = sample_sigma(batch, p_mean, p_std, rng)
+    loss = fake_score_loss(fake_score, x0, sigma, labels, rng)
+    check_finite(loss, step, "fake-score loss", state_dir)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool = True) -> DegradationPath:
+    """Record the degradation path of ``teacher`` toward its one-step generator G0 into ``run_dir/path``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config.to_dict())
+    torch.manual_seed(config.seed)
+    rng = torch.Generator().manual_seed(config.seed)
+    generator0 = frozen_copy(make_generator(teacher, config.sigma_init))  # G0: frozen throughout stage 1
+    degraded = copy.deepcopy(teacher).train().requires_grad_(True)       # s'_theta, starts as the teacher
+    opt = torch.optim.Adam(degraded.parameters(), lr=config.lr)
+    teacher_fp = fingerprint(teacher)
+    state = TrainingState(run_dir, f"{config.hash()}-{teacher_fp[:16]}")
+    meta = state.load({"degraded": degraded}, {"degraded": opt}, rng)
+    start = meta["step"] if meta else 0
+    saves = node_steps(config.iters, config.num_nodes, config.spacing)
+    writer = PathWriter(run_dir / "path", config.to_dict(), teacher_fp, resume_step=start if meta else None)
+    log = RunLog(run_dir / "log.jsonl", start)
+    if start == 0:
+        writer.add(degraded, 0)  # node 0 is the teacher itself
+    bar = tqdm(range(start, config.iters), desc="degradation", disable=not progress, initial=start,
+               total=config.iters)
+    for step in bar:
+        loss = fake_score_step(degraded, opt, generator0, config.batch, config.p_mean, config.p_std, rng,
+                               step + 1, run_dir)
+        record = {"step": step + 1, "loss_fake": loss}
+        if step + 1 in saves:  # Save node.
+            writer.add(degraded, step + 1)
+            record["node"] = len(writer.manifest["nodes"]) - 1
+        log.write(record)
+        bar.set_postfix(loss=f"{loss:.4f}", nodes=len(writer.manifest["nodes"]), refresh=False)
+        if config.ckpt_every and ((step + 1) % config.ckpt_every == 0 or step + 1 == config.iters):
+            state.save(step + 1, {"degraded": degraded}, {"degraded": opt}, rng)
+    if not (run_dir / "path" / MANIFEST).is_file():
+        raise RuntimeError(f"{run_dir / 'path'}: no manifest written")
+    return DegradationPath.load(run_dir / "path")

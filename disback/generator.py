@@ -1,0 +1,73 @@
+"""The one-step generator: a copy of the teacher used as a single denoising step from pure noise."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class OneStepGenerator(nn.Module):
+    """G(z, labels) = D(sigma_init * z, sigma_init, labels), with D initialised from the teacher."""
+
+    def __init__(self, denoiser: nn.Module, sigma_init: float):
+        super().__init__()
+        self.denoiser = denoiser
+        self.sigma_init = float(sigma_init)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoiser(self.sigma_init * z, self.sigma_init, labels)
+
+
+def make_generator(teacher: nn.Module, sigma_init: float) -> OneStepGenerator:
+    """A trainable one-step generator initialised from (a deep copy of) the teacher."""
+    g = OneStepGenerator(copy.deepcopy(teacher), sigma_init)
+    g.requires_grad_(True)
+    return g
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy with gradients off, in eval mode."""
+    m = copy.deepcopy(module).eval()
+    m.requires_grad_(False)
+    return m
+
+
+def seeded_noise(seeds, shape, device=None) -> torch.Tensor:
+    """``[len(seeds), *shape]`` unit noise where row i depends only on seeds[i] (not on the batch)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+
+def seeded_labels(seeds, label_dim: int) -> torch.Tensor | None:
+    """Class labels drawn per seed (uniform), or ``None`` for an unconditional model."""
+    if label_dim == 0:
+        return None
+    return torch.tensor([int(torch.randint(label_dim, (1,), generator=torch.Generator().manual_seed(int(s) + 7919)))
+                         for s in seeds])
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, seeds, data_shape, label_dim: int = 0, labels=None, batch: int = 4096):
+    """Samples G(z_i) for each seed i; labels drawn per seed unless given. Returns (samples, labels)."""
+    z = seeded_noise(seeds, data_shape)
+    if labels is None:
+        labels = seeded_labels(seeds, label_dim)
+    was_training = generator.training
+    generator.eval()
+    out = torch.cat([generator(z[i:i + batch], None if labels is None else labels[i:i + batch])
+                     for i in range(0, len(z), batch)])
+    generator.train(was_training)
+    return out, labels
+
+
+class EMA:
+    """Exponential moving average of a module's weights, kept in a frozen copy (``decay=0``: the copy tracks exactly)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.module = frozen_copy(module)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for e, p in zip(self.module.parameters(), module.parameters()):
+            e.lerp_(p, 1 - self.decay)

@@ -1,0 +1,76 @@
+"""Figure style and saving: every figure goes out as PNG and PDF."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+NODE_CMAP = "viridis"
+
+
+def setup_style() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
+
+
+def save_figure(fig, stem) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf``; returns both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p)
+    return paths
+
+
+def scatter_2d(ax, x, title: str = "", color="C0", reference=None, lim: float = 3.2) -> None:
+    """2-D samples (and faint reference samples) on a fixed square window."""
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=2, color="0.75", alpha=0.5, lw=0)
+    ax.scatter(x[:, 0], x[:, 1], s=2, color=color, alpha=0.6, lw=0)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=title, xticks=[], yticks=[])
+
+
+def image_grid(ax, images, nrow: int, title: str = "") -> None:
+    """Images ``[N, C, H, W]`` in [-1, 1] tiled into one panel."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1, pad_value=1.0)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.grid(False)
+
+
+def show_samples(ax, setting, samples, title: str = "", nrow: int = 10) -> None:
+    """Samples of any setting: a scatter for vectors, a grid for images."""
+    if samples.ndim == 2:
+        scatter_2d(ax, samples, title, reference=setting.reference)
+    else:
+        image_grid(ax, samples[: nrow * nrow], nrow, title)
+
+
+def plot_band(ax, steps, values, label: str, color=None) -> None:
+    """Mean over seeds (rows of ``values``) with a band of +- one standard deviation."""
+    import numpy as np
+
+    values = np.asarray(values)
+    mean = values.mean(0)
+    std = values.std(0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+    line, = ax.plot(steps, mean, label=f"{label} (n={len(values)})", color=color, lw=1.8)
+    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def shade_nodes(ax, schedule, iters: int) -> None:
+    """Shade the spans of generator updates during which each intermediate node is the target."""
+    bounds = list(schedule.switch_steps) + [iters]
+    cmap = matplotlib.colormaps[NODE_CMAP]
+    top = max(schedule.nodes) or 1
+    for node, lo, hi in zip(schedule.nodes, bounds[:-1], bounds[1:]):
+        if node:
+            ax.axvspan(lo, hi, color=cmap(node / top), alpha=0.12, lw=0)
+            ax.text((lo + hi) / 2, 0.98, f"node {node}", transform=ax.get_xaxis_transform(), ha="center",
+                    va="top", fontsize=7, color="0.3")

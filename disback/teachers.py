@@ -1,0 +1,86 @@
+"""Teachers: trained here on any data tensor by denoising score matching, saved and loaded as safetensors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import ArtifactError, fingerprint, load_module, load_tensors, save_tensors, write_json
+from .config import TeacherConfig
+from .diffusion import EDMPrecond, denoising_loss, sample_sigma
+from .generator import EMA
+from .networks import build_backbone
+
+
+def build_denoiser(config: TeacherConfig, data_shape, sigma_data: float, label_dim: int = 0) -> EDMPrecond:
+    """An untrained EDM-preconditioned denoiser of the configured architecture."""
+    backbone = build_backbone(config.arch, tuple(data_shape), config.width, config.depth, label_dim)
+    net = EDMPrecond(backbone, sigma_data, label_dim)
+    net.data_shape = tuple(int(s) for s in data_shape)  # per-sample shape, used to draw generator noise
+    return net
+
+
+def _check_data(data, labels):
+    if not isinstance(data, torch.Tensor) or data.ndim not in (2, 4) or not data.is_floating_point():
+        raise ValueError(f"data: must be a float tensor [N, D] or [N, C, H, W]; got "
+                         f"{getattr(data, 'shape', type(data).__name__)}")
+    if len(data) < 2 or not torch.isfinite(data).all():
+        raise ValueError("data: must hold at least 2 samples, all finite")
+    if labels is not None and (labels.shape != (len(data),) or labels.dtype != torch.long or labels.min() < 0):
+        raise ValueError(f"labels: must be a non-negative int64 tensor of shape [{len(data)}]; got "
+                         f"{tuple(labels.shape)} {labels.dtype}")
+
+
+def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config: TeacherConfig = TeacherConfig(),
+                  progress: bool = True) -> EDMPrecond:
+    """Train a denoiser on ``data`` (``[N, D]`` or ``[N, C, H, W]``) by EDM score matching; returns its EMA weights."""
+    _check_data(data, labels)
+    torch.manual_seed(config.seed)
+    rng = torch.Generator().manual_seed(config.seed)
+    label_dim = 0 if labels is None else int(labels.max()) + 1
+    sigma_data = float(data.std())
+    net = build_denoiser(config, data.shape[1:], sigma_data, label_dim)
+    ema = EMA(net, config.ema)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iters, eta_min=config.lr * 0.05)
+    bar = tqdm(range(config.iters), desc="teacher", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(len(data), (config.batch,), generator=rng)
+        sigma = sample_sigma(config.batch, config.p_mean, config.p_std, rng)
+        loss = denoising_loss(net, data[idx], sigma, None if labels is None else labels[idx], rng).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        ema.update(net)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    teacher = ema.module
+    teacher.data_shape = net.data_shape
+    teacher.config = config
+    return teacher
+
+
+def save_teacher(teacher: EDMPrecond, directory) -> Path:
+    """Write ``teacher.safetensors`` and ``teacher.json`` (config, shapes, sha256) into ``directory``."""
+    directory = Path(directory)
+    sha = save_tensors(directory / "teacher.safetensors", teacher.state_dict())
+    write_json(directory / "teacher.json", {
+        "config": teacher.config.to_dict(), "data_shape": list(teacher.data_shape), "sigma_data": teacher.sigma_data,
+        "label_dim": teacher.label_dim, "sha256": sha, "fingerprint": fingerprint(teacher)})
+    return directory
+
+
+def load_teacher(directory) -> EDMPrecond:
+    """Strictly load a teacher saved by ``save_teacher`` (checks the file's sha256)."""
+    meta_file = Path(directory) / "teacher.json"
+    if not meta_file.is_file():
+        raise ArtifactError(f"no teacher at {directory}: {meta_file} is missing (run notebook 01 first)")
+    meta = json.loads(meta_file.read_text())
+    config = TeacherConfig.from_dict(meta["config"])
+    net = build_denoiser(config, meta["data_shape"], meta["sigma_data"], meta["label_dim"])
+    load_module(net, load_tensors(Path(directory) / "teacher.safetensors", meta["sha256"]))
+    net.config = config
+    net.eval().requires_grad_(False)
+    return net
