@@ -53,6 +53,17 @@ def write_json(path, obj) -> None:
     _atomic(path, w)
 
 
+def read_json(path) -> dict:
+    """Parse a JSON artifact, naming the file when it is missing, truncated or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ArtifactError(f"{path}: not valid JSON (truncated or altered): {e}") from None
+
+
 def save_tensors(path, tensors: dict) -> str:
     """Atomically save ``{name: tensor}`` as safetensors; returns the file's sha256."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -99,15 +110,19 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, pre
 
 
 class TrainingState:
-    """Resumable state of one training loop in ``run_dir``: ``state.safetensors`` + ``state.json``."""
+    """Resumable state of one training loop in ``run_dir``: ``state.json`` naming its ``state_<step>.safetensors``.
+
+    ``state.json`` is replaced last and is the commit point: a run killed at any moment, even between the two
+    writes, leaves the previous state whole (the tensors of a state are never overwritten by the next one).
+    """
 
     def __init__(self, run_dir, config_hash: str):
         self.dir = Path(run_dir)
         self.config_hash = config_hash
 
     @property
-    def files(self):
-        return self.dir / "state.safetensors", self.dir / "state.json"
+    def meta_file(self) -> Path:
+        return self.dir / "state.json"
 
     def save(self, step: int, modules: dict, optimizers: dict, rng: torch.Generator, extra: dict | None = None):
         tensors, meta = {}, {"step": step, "config_hash": self.config_hash, "optimizers": {}, "extra": extra or {}}
@@ -118,19 +133,23 @@ class TrainingState:
             tensors.update(t)
             meta["optimizers"][name] = m
         tensors["rng"] = rng.get_state()
-        meta["sha256"] = save_tensors(self.files[0], tensors)
-        write_json(self.files[1], meta)  # written last: a state exists only once both files are complete
+        meta["file"] = f"state_{step:08d}.safetensors"
+        meta["sha256"] = save_tensors(self.dir / meta["file"], tensors)
+        write_json(self.meta_file, meta)  # Commit; then remove older states and temporary files of killed writes.
+        for old in [*self.dir.glob("state_*.safetensors"), *self.dir.glob(".state*.tmp*")]:
+            if old.name != meta["file"]:
+                old.unlink(missing_ok=True)
 
     def load(self, modules: dict, optimizers: dict, rng: torch.Generator) -> dict | None:
         """Restore in place and return the metadata, or ``None`` if there is no saved state."""
-        tfile, jfile = self.files
+        jfile = self.meta_file
         if not jfile.is_file():
             return None
-        meta = json.loads(jfile.read_text())
+        meta = read_json(jfile)
         if meta.get("config_hash") != self.config_hash:
             raise ArtifactError(f"{jfile}: saved with config hash {meta.get('config_hash')}, this run has "
                                 f"{self.config_hash}; use a fresh run directory or the same config")
-        tensors = load_tensors(tfile, meta["sha256"])
+        tensors = load_tensors(self.dir / meta["file"], meta["sha256"])
         for name, m in modules.items():
             load_module(m, tensors, f"{name}.")
         for name, opt in optimizers.items():
@@ -145,7 +164,7 @@ class RunLog:
     def __init__(self, path, resume_step: int = 0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step] if resume_step else []
+        kept = [r for r in read_jsonl(self.path, torn_tail=True) if r["step"] <= resume_step] if resume_step else []
         with open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         self.records = kept
@@ -156,11 +175,18 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
 
 
-def read_jsonl(path) -> list[dict]:
+def read_jsonl(path, torn_tail: bool = False) -> list[dict]:
+    """Records of a JSONL file; ``torn_tail`` drops a half-written last line (a run killed mid-write)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if torn_tail and lines:
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def check_finite(value: torch.Tensor, step: int, what: str, state_dir=None) -> None:

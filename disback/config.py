@@ -80,12 +80,14 @@ class TeacherConfig(_Config):
     ema: float = 0.999       # EMA decay of the returned weights (0 = no EMA)
     p_mean: float = -1.2     # ln(sigma) ~ N(p_mean, p_std^2) during training (EDM)
     p_std: float = 1.2
+    ckpt_every: int = 0      # steps between resumable checkpoints when trained with a run_dir (0 = none)
     seed: int = 0            # initialisation and batch sampling
 
     def _check(self):
         self._require("arch", self.arch in ARCHS, f"one of {ARCHS}")
         _positive(self, "width", "depth", "iters", "batch", "lr", "p_std")
         self._require("ema", 0 <= self.ema < 1, "in [0, 1)")
+        self._require("ckpt_every", self.ckpt_every >= 0, ">= 0")
         self._require("seed", self.seed >= 0, ">= 0")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import RunLog, TrainingState, check_finite, fingerprint, write_json
+from .checkpoint import ArtifactError, RunLog, TrainingState, check_finite, fingerprint, write_json
 from .config import DegradeConfig
 from .diffusion import sample_sigma
 from .generator import frozen_copy, make_generator
@@ -54,11 +54,17 @@ def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool =
     teacher_fp = fingerprint(teacher)
     state = TrainingState(run_dir, f"{config.hash()}-{teacher_fp[:16]}")
     meta = state.load({"degraded": degraded}, {"degraded": opt}, rng)
+    if meta is None and config.ckpt_every:  # Save step 0 before the path folder exists: a kill from here on resumes.
+        if any((run_dir / "path").glob("*")):
+            raise ArtifactError(f"{run_dir / 'path'} already holds a path but {run_dir} has no training state; "
+                                f"record into an empty folder")
+        state.save(0, {"degraded": degraded}, {"degraded": opt}, rng)
+        meta = {"step": 0}
     start = meta["step"] if meta else 0
     saves = node_steps(config.iters, config.num_nodes, config.spacing)
     writer = PathWriter(run_dir / "path", config.to_dict(), teacher_fp, resume_step=start if meta else None)
     log = RunLog(run_dir / "log.jsonl", start)
-    if start == 0:
+    if not writer.manifest["nodes"]:
         writer.add(degraded, 0)  # node 0 is the teacher itself
     bar = tqdm(range(start, config.iters), desc="degradation", disable=not progress, initial=start,
                total=config.iters)

@@ -87,7 +87,9 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         log.write({"step": 0, "node": schedule.node_at(0), "nfe": 0,
                    **({"metrics": metric_fn(eval_gen)} if metric_fn else {})})
 
-    active = 0  # the target network holds the teacher (node 0)
+    active = schedule.node_at(start - 1) if start else 0  # the node the target holds (0 = the teacher)
+    if active:  # Resumed on an intermediate node: restore it as the target, logging no switch.
+        path.load_node(active, target)
     bar = tqdm(range(start, config.iters), desc=f"{config.method}{'+disback' if config.backtrack else ''}",
                disable=not progress, initial=start, total=config.iters)
     for step in bar:

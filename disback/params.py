@@ -1,12 +1,18 @@
 """Validate a papermill parameter file against a notebook's ``parameters`` cell, before any compute.
 
 ``python -m disback.params NOTEBOOK.ipynb PARAMS.yaml`` exits 0 silently, or prints one line per problem
-(unknown key, wrong type, bad config field) and exits 2.
+(unknown key, wrong type, bad config field) to stderr and exits 2.
+
+The type a parameter takes is its annotation when the cell has one (``num_eval: int = 500``), else the type
+of its literal default (``num_eval = 500``): int, float, str, bool, list or dict. An int is accepted where a
+float is expected, never the reverse; a ``None`` or non-literal default accepts anything. The dicts
+``teacher``, ``degrade`` and ``distill`` must also build their config dataclass (``from_dict``).
 """
 from __future__ import annotations
 
 import ast
 import sys
+from pathlib import Path
 
 import papermill
 import yaml
@@ -14,29 +20,77 @@ import yaml
 from .config import DegradeConfig, DistillConfig, TeacherConfig
 
 CONFIG_PARAMS = {"teacher": TeacherConfig, "degrade": DegradeConfig, "distill": DistillConfig}
+TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 
 
-def _kind(value):
-    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+def expected_type(spec: dict) -> type | None:
+    """The type a parameter takes, from papermill's description of it; ``None`` accepts anything."""
+    annotation = (spec.get("inferred_type_name") or "None").split("[")[0].lower()
+    if annotation != "none":
+        return TYPES.get(annotation)
+    try:
+        default = ast.literal_eval(spec["default"])
+    except (ValueError, SyntaxError):
+        return None
+    return list if isinstance(default, tuple) else TYPES.get(type(default).__name__)
 
 
-def check(notebook: str, params: dict) -> list[str]:
+def type_ok(value, kind: type | None) -> bool:
+    if kind is None:
+        return True
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def _yaml_hint(values) -> str:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string: say so when a string looks like a number."""
+    for v in values:
+        try:
+            if isinstance(v, str) and not isinstance(yaml.safe_load(v), (int, float)):
+                float(v)
+                return f" (YAML reads {v} as a string; write it with a dot, e.g. {float(v)!r})"
+        except (ValueError, yaml.YAMLError):
+            continue
+    return ""
+
+
+def check(notebook, params: dict) -> list[str]:
     """Problems of ``params`` for ``notebook`` (empty when fine)."""
-    declared = papermill.inspect_notebook(notebook)
+    declared = papermill.inspect_notebook(str(notebook))
+    if not declared:
+        return [f"{notebook} has no cell tagged 'parameters'; it takes no parameters"]
     problems = []
     for key, value in params.items():
         if key not in declared:
             problems.append(f"{key}: unknown parameter; {notebook} takes {sorted(declared)}")
             continue
-        default = ast.literal_eval(declared[key]["default"])
-        if _kind(value) != _kind(default):
-            problems.append(f"{key}={value!r}: must be a {_kind(default)} like the default {default!r}")
-        elif key in CONFIG_PARAMS:
+        kind = expected_type(declared[key])
+        if not type_ok(value, kind):
+            problems.append(f"{key}={value!r}: must be of type {kind.__name__} like the default "
+                            f"{declared[key]['default']}{_yaml_hint([value])}")
+        elif key in CONFIG_PARAMS and isinstance(value, dict):
             try:
                 CONFIG_PARAMS[key].from_dict(value)
-            except ValueError as e:
-                problems.append(f"{key}: {e}")
+            except (ValueError, TypeError) as e:
+                problems.append(f"{key}: {e}{_yaml_hint(value.values())}")
     return problems
+
+
+def check_files(notebook, params_file) -> list[str]:
+    """Problems of the YAML file ``params_file`` for ``notebook``, including unreadable files."""
+    for f, what in ((notebook, "notebook"), (params_file, "parameter file")):
+        if not Path(f).is_file():
+            return [f"{f}: no such {what}"]
+    try:
+        params = yaml.safe_load(Path(params_file).read_text())
+    except yaml.YAMLError as e:
+        return [f"{params_file}: not valid YAML: {' '.join(str(e).split())}"]
+    if params is None:
+        return []
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        return [f"{params_file}: must be a mapping of parameter names to values; got {type(params).__name__}"]
+    return [f"{params_file}: {p}" for p in check(notebook, params)]
 
 
 def main(argv=None) -> int:
@@ -44,11 +98,9 @@ def main(argv=None) -> int:
     if len(argv) != 2:
         print("usage: python -m disback.params NOTEBOOK.ipynb PARAMS.yaml", file=sys.stderr)
         return 2
-    with open(argv[1]) as f:
-        params = yaml.safe_load(f) or {}
-    problems = check(argv[0], params)
+    problems = check_files(*argv)
     for p in problems:
-        print(f"{argv[1]}: {p}", file=sys.stderr)
+        print(p, file=sys.stderr)
     return 2 if problems else 0
 
 

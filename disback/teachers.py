@@ -1,13 +1,14 @@
 """Teachers: trained here on any data tensor by denoising score matching, saved and loaded as safetensors."""
 from __future__ import annotations
 
-import json
+import hashlib
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import ArtifactError, fingerprint, load_module, load_tensors, save_tensors, write_json
+from .checkpoint import (ArtifactError, TrainingState, check_finite, fingerprint, load_module, load_tensors, read_json,
+                         save_tensors, write_json)
 from .config import TeacherConfig
 from .diffusion import EDMPrecond, denoising_loss, sample_sigma
 from .generator import EMA
@@ -33,9 +34,22 @@ def _check_data(data, labels):
                          f"{tuple(labels.shape)} {labels.dtype}")
 
 
+def _data_hash(data: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """sha256 of the training data (and labels): a resumed run must see the same data."""
+    h = hashlib.sha256(str((tuple(data.shape), str(data.dtype))).encode())
+    h.update(data.detach().cpu().contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(labels.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config: TeacherConfig = TeacherConfig(),
-                  progress: bool = True) -> EDMPrecond:
-    """Train a denoiser on ``data`` (``[N, D]`` or ``[N, C, H, W]``) by EDM score matching; returns its EMA weights."""
+                  progress: bool = True, *, run_dir=None) -> EDMPrecond:
+    """Train a denoiser on ``data`` (``[N, D]`` or ``[N, C, H, W]``) by EDM score matching; returns its EMA weights.
+
+    With ``run_dir``, the net, EMA, optimiser, LR schedule and RNG are checkpointed every ``config.ckpt_every``
+    steps, and a rerun with the same config and data resumes from the last checkpoint.
+    """
     _check_data(data, labels)
     torch.manual_seed(config.seed)
     rng = torch.Generator().manual_seed(config.seed)
@@ -45,17 +59,29 @@ def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config
     ema = EMA(net, config.ema)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iters, eta_min=config.lr * 0.05)
-    bar = tqdm(range(config.iters), desc="teacher", disable=not progress)
-    for _ in bar:
+    modules, optimizers, state, start = {"net": net, "ema": ema.module}, {"net": opt}, None, 0
+    if run_dir is not None:
+        write_json(Path(run_dir) / "config.json", config.to_dict())
+        state = TrainingState(run_dir, f"{config.hash()}-{_data_hash(data, labels)[:16]}")
+        meta = state.load(modules, optimizers, rng)
+        if meta:
+            start = meta["step"]
+            sched.load_state_dict(meta["extra"]["scheduler"])
+    bar = tqdm(range(start, config.iters), desc="teacher", disable=not progress, initial=start, total=config.iters)
+    for step in bar:
         idx = torch.randint(len(data), (config.batch,), generator=rng)
         sigma = sample_sigma(config.batch, config.p_mean, config.p_std, rng)
         loss = denoising_loss(net, data[idx], sigma, None if labels is None else labels[idx], rng).mean()
+        check_finite(loss, step + 1, "teacher loss", run_dir)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         ema.update(net)
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        done = step + 1
+        if state is not None and config.ckpt_every and (done % config.ckpt_every == 0 or done == config.iters):
+            state.save(done, modules, optimizers, rng, {"scheduler": sched.state_dict()})
     teacher = ema.module
     teacher.data_shape = net.data_shape
     teacher.config = config
@@ -77,10 +103,15 @@ def load_teacher(directory) -> EDMPrecond:
     meta_file = Path(directory) / "teacher.json"
     if not meta_file.is_file():
         raise ArtifactError(f"no teacher at {directory}: {meta_file} is missing (run notebook 01 first)")
-    meta = json.loads(meta_file.read_text())
+    meta = read_json(meta_file)
     config = TeacherConfig.from_dict(meta["config"])
     net = build_denoiser(config, meta["data_shape"], meta["sigma_data"], meta["label_dim"])
-    load_module(net, load_tensors(Path(directory) / "teacher.safetensors", meta["sha256"]))
+    weights = Path(directory) / "teacher.safetensors"
+    tensors = load_tensors(weights, meta["sha256"])
+    try:
+        load_module(net, tensors)
+    except ArtifactError as e:
+        raise ArtifactError(f"{weights}: {e} (teacher.json describes another network)") from None
     net.config = config
     net.eval().requires_grad_(False)
     return net

@@ -1,0 +1,460 @@
+"""Reliability: killed runs resume bitwise, artifacts load strictly, NaNs stop runs, bad inputs fail clearly.
+
+Everything is tiny (16-unit MLPs on the 2-D ring mixture) so the file runs in about a minute on 2 CPU cores.
+"""
+import copy
+import importlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import disback
+from disback.checkpoint import ArtifactError, RunLog, read_jsonl, sha256_file
+from disback.config import DegradeConfig, DistillConfig, TeacherConfig
+from disback.data import ring_mixture
+from disback.path import DegradationPath
+from disback.settings import load_setting
+from disback.teachers import build_denoiser, load_teacher, save_teacher, train_teacher
+
+HERE = Path(__file__).resolve().parent
+DISTILL_MODULE = importlib.import_module("disback.distill")  # ``disback.distill`` is the function
+TEACHER = TeacherConfig(width=16, depth=1, iters=150, batch=64, ckpt_every=1)
+DEGRADE = DegradeConfig(iters=60, num_nodes=3, batch=64, ckpt_every=1)
+DISTILL = DistillConfig(iters=60, iters_per_node=10, batch=64, eval_every=0, ckpt_every=1)
+STAGES = (("teacher", TEACHER.iters), ("degrade", DEGRADE.iters), ("distill", DISTILL.iters))
+
+
+def ring_data(n: int = 512) -> torch.Tensor:
+    return ring_mixture().sample(n, torch.Generator().manual_seed(0))
+
+
+def run_pipeline(root: Path):
+    """Teacher -> degradation path -> DisBack, each stage checkpointing every step into ``root/<stage>``."""
+    teacher = train_teacher(ring_data(), None, TEACHER, progress=False, run_dir=root / "teacher")
+    path = disback.record_degradation(teacher, DEGRADE, root / "degrade", progress=False)
+    disback.backtrack(teacher, path, DISTILL, root / "distill", progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test body single-threaded, like the subprocesses, so results compare bitwise."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return train_teacher(ring_data(), None, TeacherConfig(width=16, depth=1, iters=60, batch=64), progress=False)
+
+
+@pytest.fixture(scope="module")
+def path(teacher, tmp_path_factory):
+    run = tmp_path_factory.mktemp("degrade")
+    return disback.record_degradation(teacher, DegradeConfig(iters=20, num_nodes=4, batch=32), run, progress=False)
+
+
+def assert_same_tensors(file_a, file_b):
+    a, b = load_file(str(file_a)), load_file(str(file_b))
+    assert sorted(a) == sorted(b), (file_a, file_b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{file_a.name}: tensor {k} differs"
+
+
+def state_file(run: Path) -> Path:
+    """The tensors file of the training state that ``run/state.json`` commits to."""
+    return run / json.loads((run / "state.json").read_text())["file"]
+
+
+def assert_same_run(a: Path, b: Path):
+    """Final training state (weights, optimiser moments, RNG), path nodes and logs of two run folders are equal."""
+    assert_same_tensors(state_file(a), state_file(b))
+    assert json.loads((a / "state.json").read_text()) == json.loads((b / "state.json").read_text())
+    assert sorted(p.name for p in a.glob("state*")) == ["state.json", state_file(a).name]  # no stale states
+    for f in ("log.jsonl", "path/path.json"):
+        if (b / f).exists():
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f"{a / f} differs"
+    for node in sorted((b / "path").glob("node_*.safetensors")):
+        assert_same_tensors(a / "path" / node.name, node)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SIGKILL at random points, resume, compare bitwise with an uninterrupted run.
+
+CHILD = ("import sys, torch; torch.set_num_threads(1); from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+         "import test_reliability as t; t.run_pipeline(Path(sys.argv[2]))")
+
+
+def _progress(root: Path) -> tuple:
+    """(stage index, last checkpointed step) of a pipeline run; (-1, -1) before the first checkpoint."""
+    for i in reversed(range(len(STAGES))):
+        try:
+            return i, json.loads((root / STAGES[i][0] / "state.json").read_text())["step"]
+        except (FileNotFoundError, ValueError):
+            continue
+    return -1, -1
+
+
+def test_sigkill_at_random_points_then_resume_is_bitwise_identical(tmp_path, one_thread):
+    """SIGKILL all three loops at random steps, rerun: every tensor, node and log equals an uninterrupted run."""
+    rnd = random.Random(int(os.environ.get("DISBACK_KILL_SEED", "0")))
+    plan = [(i, k) for i, (_, iters) in enumerate(STAGES) for k in sorted(rnd.sample(range(int(0.7 * iters)), 2))]
+    killed, env = tmp_path / "killed", {**os.environ, "OMP_NUM_THREADS": "1"}
+    landed = []
+    for stage, k in plan:
+        at_spawn = _progress(killed)
+        target = max((stage, k), (at_spawn[0], at_spawn[1] + 1))  # at least one new checkpoint in this process
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(HERE), str(killed)], env=env)
+        deadline = time.time() + 120
+        try:
+            while _progress(killed) < target:
+                assert proc.poll() is None, f"child exited with {proc.returncode} before reaching {target}"
+                assert time.time() < deadline, f"child made no progress to {target} in 120 s"
+                time.sleep(0.002)
+            time.sleep(rnd.uniform(0, 0.005))  # land anywhere inside the next step: compute, log, node or state write
+        finally:
+            proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        landed.append((STAGES[stage][0], k, _progress(killed)))
+    assert subprocess.run([sys.executable, "-c", CHILD, str(HERE), str(killed)], env=env).returncode == 0
+    print("kills (stage, target step, (stage index, checkpointed step) at kill):", landed)
+    for name, iters in STAGES:  # every loop was really interrupted mid-run at least once
+        assert any(s == name and p[0] == STAGES.index((name, iters)) and p[1] < iters for s, _, p in landed), landed
+
+    reference = tmp_path / "reference"
+    run_pipeline(reference)
+    for name, _ in STAGES:
+        assert_same_run(killed / name, reference / name)
+
+
+def test_rerun_of_finished_runs_is_a_no_op(tmp_path, one_thread, teacher):
+    """Rerunning a finished teacher, degradation or distillation run returns the saved result without training."""
+    t1 = train_teacher(ring_data(), None, TEACHER.replace(iters=5), progress=False, run_dir=tmp_path / "t")
+    t2 = train_teacher(ring_data(), None, TEACHER.replace(iters=5), progress=False, run_dir=tmp_path / "t")
+    assert all(torch.equal(a, b) for a, b in zip(t1.state_dict().values(), t2.state_dict().values()))
+    cfg = DEGRADE.replace(iters=6)
+    p1 = disback.record_degradation(teacher, cfg, tmp_path / "d", progress=False)
+    p2 = disback.record_degradation(teacher, cfg, tmp_path / "d", progress=False)
+    assert p1.nodes == p2.nodes and len(read_jsonl(tmp_path / "d" / "log.jsonl")) == 6
+    cfg = DISTILL.replace(iters=4, iters_per_node=1)
+    r1 = disback.backtrack(teacher, p1, cfg, tmp_path / "s", progress=False)
+    r2 = disback.backtrack(teacher, p1, cfg, tmp_path / "s", progress=False)
+    assert r1.log == r2.log and len(r2.log) == 5
+    g1, g2 = r1.generator.state_dict(), r2.generator.state_dict()
+    assert all(torch.equal(g1[k], g2[k]) for k in g1)
+
+
+def test_torn_log_line_is_dropped_on_resume(tmp_path):
+    """A half-written last log line (a kill mid-write) is dropped on resume; a torn line elsewhere is still an error."""
+    f = tmp_path / "log.jsonl"
+    f.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "loss_g')
+    assert [r["step"] for r in RunLog(f, resume_step=2).records] == [1, 2]
+    assert f.read_text() == '{"step": 1}\n{"step": 2}\n'
+    f.write_text('{"step": 1, "lo\n{"step": 2}\n')
+    with pytest.raises(ValueError):
+        RunLog(f, resume_step=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Altered, truncated or mismatched artifacts are refused by name.
+
+def _truncate(f: Path):
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _flip_last_byte(f: Path):
+    b = bytearray(f.read_bytes())
+    b[-1] ^= 0xFF
+    f.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_last_byte])
+def test_damaged_checkpoint_is_refused_by_name(tmp_path, damage):
+    """A truncated or altered state tensors file or state.json stops the resume with an ArtifactError naming it."""
+    cfg = TEACHER.replace(iters=2)
+    train_teacher(ring_data(), None, cfg, progress=False, run_dir=tmp_path)
+    damage(state_file(tmp_path))
+    with pytest.raises(ArtifactError, match=r"state_00000002\.safetensors: sha256 does not match"):
+        train_teacher(ring_data(), None, cfg, progress=False, run_dir=tmp_path)
+    damage(tmp_path / "state.json")
+    with pytest.raises(ArtifactError, match=r"state\.json: not valid JSON"):
+        train_teacher(ring_data(), None, cfg, progress=False, run_dir=tmp_path)
+
+
+def test_damaged_path_node_is_refused_by_name(path, tmp_path):
+    """A truncated node file, or an unlisted one, makes DegradationPath.load fail naming that file."""
+    root = tmp_path / "p"
+    shutil.copytree(path.root, root)
+    _truncate(root / "node_003.safetensors")
+    with pytest.raises(ArtifactError, match=r"node_003\.safetensors: sha256 does not match"):
+        DegradationPath.load(root)
+
+
+def test_damaged_teacher_files_are_refused_by_name(teacher, tmp_path):
+    """Altered teacher.safetensors, truncated teacher.json, or a teacher.json describing another net: each named."""
+    save_teacher(teacher, tmp_path)
+    assert torch.equal(load_teacher(tmp_path).backbone.inp.weight, teacher.backbone.inp.weight)
+    meta = json.loads((tmp_path / "teacher.json").read_text())
+    (tmp_path / "teacher.json").write_text(json.dumps({**meta, "config": {**meta["config"], "width": 8}}))
+    with pytest.raises(ArtifactError, match=r"teacher\.safetensors: weights do not fit.*teacher\.json describes"):
+        load_teacher(tmp_path)
+    _truncate(tmp_path / "teacher.json")
+    with pytest.raises(ArtifactError, match=r"teacher\.json: not valid JSON"):
+        load_teacher(tmp_path)
+    save_teacher(teacher, tmp_path)
+    _flip_last_byte(tmp_path / "teacher.safetensors")
+    with pytest.raises(ArtifactError, match=r"teacher\.safetensors: sha256 does not match"):
+        load_teacher(tmp_path)
+
+
+def test_path_from_another_teacher_is_refused(path, tmp_path):
+    """Distilling along a path recorded from a different teacher is refused before any update."""
+    other = train_teacher(ring_data(), None, TeacherConfig(width=16, depth=1, iters=3, batch=16, seed=5),
+                          progress=False)
+    with pytest.raises(ArtifactError, match="recorded from teacher"):
+        disback.backtrack(other, path, DistillConfig(iters=10, iters_per_node=2, batch=16), tmp_path, progress=False)
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_resume_with_another_config_teacher_or_data_is_refused(teacher, path, tmp_path, one_thread):
+    """Resuming a run folder with a different config (any loop), teacher (degradation) or data (teacher) is refused."""
+    data = ring_data()
+    cfg = TEACHER.replace(iters=2)
+    train_teacher(data, None, cfg, progress=False, run_dir=tmp_path / "t")
+    with pytest.raises(ArtifactError, match="config hash"):
+        train_teacher(data, None, cfg.replace(lr=1e-3), progress=False, run_dir=tmp_path / "t")
+    with pytest.raises(ArtifactError, match="config hash"):
+        train_teacher(data + 1, None, cfg, progress=False, run_dir=tmp_path / "t")
+    dcfg = DEGRADE.replace(iters=4, num_nodes=2, batch=16)
+    disback.record_degradation(teacher, dcfg, tmp_path / "d", progress=False)
+    with pytest.raises(ArtifactError, match="config hash"):
+        disback.record_degradation(teacher, dcfg.replace(lr=5e-4), tmp_path / "d", progress=False)
+    other = train_teacher(data, None, cfg.replace(seed=3, ckpt_every=0), progress=False)
+    with pytest.raises(ArtifactError, match="config hash"):
+        disback.record_degradation(other, dcfg, tmp_path / "d", progress=False)
+    scfg = DISTILL.replace(iters=4, iters_per_node=1, batch=16)
+    disback.backtrack(teacher, path, scfg, tmp_path / "s", progress=False)
+    with pytest.raises(ArtifactError, match="config hash"):
+        disback.backtrack(teacher, path, scfg.replace(lr_gen=3e-4), tmp_path / "s", progress=False)
+
+
+class Crash(Exception):
+    """Stands for a process dying at a chosen line."""
+
+
+def test_degradation_dying_before_node_0_resumes(teacher, tmp_path, monkeypatch, one_thread):
+    """A recording that dies after its step-0 checkpoint but before node 0 is written resumes on rerun."""
+    cfg = DEGRADE.replace(iters=6, num_nodes=2, batch=16)
+
+    def crash(*args, **kwargs):
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(importlib.import_module("disback.path").PathWriter, "add", crash)
+        with pytest.raises(Crash):
+            disback.record_degradation(teacher, cfg, tmp_path / "run", progress=False)
+    disback.record_degradation(teacher, cfg, tmp_path / "run", progress=False)
+    disback.record_degradation(teacher, cfg, tmp_path / "ref", progress=False)
+    assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+def test_dying_between_state_tensors_and_state_json_resumes(tmp_path, monkeypatch, one_thread):
+    """Dying after a state's tensors are written but before state.json commits resumes from the previous state."""
+    checkpoint, cfg, data = importlib.import_module("disback.checkpoint"), TEACHER.replace(iters=6), ring_data()
+    real, calls = checkpoint.write_json, []
+
+    def dying_write_json(path, obj):
+        calls.append(Path(path).name)
+        if calls.count("state.json") == 4:
+            raise Crash
+        real(path, obj)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "write_json", dying_write_json)
+        with pytest.raises(Crash):
+            train_teacher(data, None, cfg, progress=False, run_dir=tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 3
+    train_teacher(data, None, cfg, progress=False, run_dir=tmp_path / "run")
+    train_teacher(data, None, cfg, progress=False, run_dir=tmp_path / "ref")
+    assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+def test_degradation_refuses_a_foreign_path_folder(teacher, tmp_path):
+    """A run folder that holds a path but no training state is never adopted by a resumable recording."""
+    cfg = DEGRADE.replace(iters=4, num_nodes=2, batch=16)
+    disback.record_degradation(teacher, cfg.replace(ckpt_every=0), tmp_path, progress=False)
+    with pytest.raises(ArtifactError, match="already holds a path"):
+        disback.record_degradation(teacher, cfg, tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A NaN stops the run, naming the step and the last good checkpoint, which stays intact.
+
+def _poison(monkeypatch, module, name, at_call):
+    """Make ``module.name`` return NaN on its ``at_call``-th call."""
+    real, calls = getattr(module, name), []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        out = real(*args, **kwargs)
+        return out * float("nan") if len(calls) == at_call else out
+
+    monkeypatch.setattr(module, name, poisoned)
+
+
+def _assert_checkpoint_intact(run: Path, step: int):
+    meta = json.loads((run / "state.json").read_text())
+    assert meta["step"] == step and sha256_file(state_file(run)) == meta["sha256"]
+    assert all(torch.isfinite(t).all() for t in load_file(str(state_file(run))).values())
+
+
+def test_nan_in_teacher_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch, one_thread):
+    """A NaN teacher loss at step 7 names step 7 and checkpoint 6; resuming ends bitwise equal to a clean run."""
+    cfg, data = TEACHER.replace(iters=10, ckpt_every=2), ring_data()
+    with monkeypatch.context() as m:
+        _poison(m, disback.teachers, "denoising_loss", 7)
+        with pytest.raises(FloatingPointError, match=r"non-finite teacher loss at step 7; last good checkpoint: "
+                                                     r"step 6 in " + re.escape(str(tmp_path / "run"))):
+            train_teacher(data, None, cfg, progress=False, run_dir=tmp_path / "run")
+    _assert_checkpoint_intact(tmp_path / "run", 6)
+    train_teacher(data, None, cfg, progress=False, run_dir=tmp_path / "run")
+    train_teacher(data, None, cfg, progress=False, run_dir=tmp_path / "ref")
+    assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+def test_nan_in_fake_score_loss_stops_degradation(teacher, tmp_path, monkeypatch, one_thread):
+    """A NaN fake-score loss at stage-1 step 5 names step 5 and checkpoint 4; the resumed path equals a clean one."""
+    cfg = DEGRADE.replace(iters=8, num_nodes=4, batch=16, ckpt_every=1)
+    with monkeypatch.context() as m:
+        _poison(m, disback.degrade, "fake_score_loss", 5)
+        with pytest.raises(FloatingPointError,
+                           match=r"non-finite fake-score loss at step 5; last good checkpoint: step 4"):
+            disback.record_degradation(teacher, cfg, tmp_path / "run", progress=False)
+    _assert_checkpoint_intact(tmp_path / "run", 4)
+    disback.record_degradation(teacher, cfg, tmp_path / "run", progress=False)
+    disback.record_degradation(teacher, cfg, tmp_path / "ref", progress=False)
+    assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+def test_nan_in_generator_loss_stops_distillation(teacher, path, tmp_path, monkeypatch, one_thread):
+    """A NaN generator loss at update 6 names update 6 and checkpoint 3; the resumed run equals a clean one."""
+    cfg = DISTILL.replace(iters=9, iters_per_node=2, batch=16, ckpt_every=3)
+    with monkeypatch.context() as m:
+        _poison(m, DISTILL_MODULE, "generator_loss", 6)
+        with pytest.raises(FloatingPointError,
+                           match=r"non-finite generator loss at step 6; last good checkpoint: step 3"):
+            disback.backtrack(teacher, path, cfg, tmp_path / "run", progress=False)
+    _assert_checkpoint_intact(tmp_path / "run", 3)
+    disback.backtrack(teacher, path, cfg, tmp_path / "run", progress=False)
+    disback.backtrack(teacher, path, cfg, tmp_path / "ref", progress=False)
+    assert_same_run(tmp_path / "run", tmp_path / "ref")
+
+
+def test_poisoned_teacher_weight_stops_at_first_step(teacher, tmp_path):
+    """A NaN inside the teacher's weights stops distillation at step 1, saying no checkpoint was saved."""
+    bad = copy.deepcopy(teacher)
+    with torch.no_grad():
+        bad.backbone.out[1].weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"at step 1; no checkpoint was saved"):
+        disback.distill(bad, DistillConfig(iters=3, batch=16, ckpt_every=1), tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs: one clear message naming the parameter, the value and what is allowed.
+
+def _missing_dir(tmp):
+    return tmp / "nowhere"
+
+
+BAD_INPUTS = {
+    "unknown TeacherConfig key": (lambda t, p, tmp: TeacherConfig.from_dict({"widht": 16}),
+                                  ["TeacherConfig", "'widht'", "allowed keys are", "'width'"]),
+    "unknown DegradeConfig key": (lambda t, p, tmp: DegradeConfig.from_dict({"nodes": 4}),
+                                  ["DegradeConfig", "'nodes'", "'num_nodes'"]),
+    "str for int": (lambda t, p, tmp: TeacherConfig(width="16"), ["TeacherConfig.width='16'", "of type int"]),
+    "float for int": (lambda t, p, tmp: TeacherConfig(iters=10.5), ["TeacherConfig.iters=10.5", "of type int"]),
+    "bool for int": (lambda t, p, tmp: DistillConfig(batch=True), ["DistillConfig.batch=True", "of type int"]),
+    "str for float": (lambda t, p, tmp: DistillConfig(lr_gen="1e-4"), ["DistillConfig.lr_gen='1e-4'", "of type float"]),
+    "zero width": (lambda t, p, tmp: TeacherConfig(width=0), ["TeacherConfig.width=0", "> 0"]),
+    "zero batch": (lambda t, p, tmp: DegradeConfig(batch=0), ["DegradeConfig.batch=0", "> 0"]),
+    "ema of 1": (lambda t, p, tmp: TeacherConfig(ema=1.0), ["TeacherConfig.ema=1.0", "in [0, 1)"]),
+    "negative teacher ckpt_every": (lambda t, p, tmp: TeacherConfig(ckpt_every=-1),
+                                    ["TeacherConfig.ckpt_every=-1", ">= 0"]),
+    "bad arch": (lambda t, p, tmp: TeacherConfig(arch="transformer"),
+                 ["TeacherConfig.arch='transformer'", "one of ('mlp', 'unet')"]),
+    "num_nodes > iters": (lambda t, p, tmp: DegradeConfig(iters=10, num_nodes=50),
+                          ["DegradeConfig.num_nodes=50", "<= iters (10)"]),
+    "negative sigma_init": (lambda t, p, tmp: DegradeConfig(sigma_init=-1.0), ["DegradeConfig.sigma_init=-1.0", "> 0"]),
+    "negative p_std": (lambda t, p, tmp: DistillConfig(p_std=-0.5), ["DistillConfig.p_std=-0.5", "> 0"]),
+    "bad spacing": (lambda t, p, tmp: DegradeConfig(spacing="log"),
+                    ["DegradeConfig.spacing='log'", "one of ('uniform', 'early')"]),
+    "bad method": (lambda t, p, tmp: DistillConfig(method="gan"),
+                   ["DistillConfig.method='gan'", "one of ('diff_instruct', 'dmd', 'dmd2', 'sid')"]),
+    "negative eval_every": (lambda t, p, tmp: DistillConfig(eval_every=-1), ["DistillConfig.eval_every=-1", ">= 0"]),
+    "iters_per_node too large": (
+        lambda t, p, tmp: disback.backtrack(t, p, DistillConfig(iters=30, iters_per_node=10, batch=16), tmp,
+                                            progress=False),
+        ["iters_per_node=10", "with 4 nodes the teacher becomes the target at update 30", "must be < 10"]),
+    "backtrack without a path": (lambda t, p, tmp: disback.distill(t, DistillConfig(backtrack=True), tmp,
+                                                                   progress=False),
+                                 ["backtrack=True", "needs a DegradationPath"]),
+    "sigma_init differs from the path's": (
+        lambda t, p, tmp: disback.backtrack(t, p, DistillConfig(iters=50, iters_per_node=5, sigma_init=1.0), tmp,
+                                            progress=False),
+        ["sigma_init=1.0", "sigma_init=2.5", "must match"]),
+    "missing teacher folder": (lambda t, p, tmp: load_teacher(_missing_dir(tmp)),
+                               ["no teacher at", "nowhere", "teacher.json is missing"]),
+    "missing path folder": (lambda t, p, tmp: DegradationPath.load(_missing_dir(tmp)),
+                            ["no degradation path at", "nowhere", "path.json is missing"]),
+    "unknown setting (dataset)": (lambda t, p, tmp: load_setting("cifar10"),
+                                  ["setting='cifar10'", "one of ('ring2d', 'digits')"]),
+    "unknown setting option": (lambda t, p, tmp: load_setting("ring2d", modes=4),
+                               ["['modes']", "ring2d", "allowed: num_modes, radius, std"]),
+    "data of the wrong rank": (lambda t, p, tmp: train_teacher(torch.zeros(10), None, TeacherConfig(iters=1), False),
+                               ["data:", "[N, D] or [N, C, H, W]", "torch.Size([10])"]),
+    "float labels": (lambda t, p, tmp: train_teacher(torch.randn(10, 2), torch.zeros(10), TeacherConfig(iters=1),
+                                                     False),
+                     ["labels:", "int64", "torch.float32"]),
+    "mlp on images": (lambda t, p, tmp: build_denoiser(TeacherConfig(arch="mlp"), (1, 8, 8), 1.0),
+                      ["arch='mlp'", "vector data [N, D]", "(1, 8, 8)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_one_clear_message(case, teacher, path, tmp_path):
+    """Each bad input raises one one-line error naming the parameter, its value and what is allowed."""
+    call, expected = BAD_INPUTS[case]
+    with pytest.raises(ValueError) as info:
+        call(teacher, path, tmp_path / "run")
+    msg, err = str(info.value), info.value
+    assert "\n" not in msg and err.__cause__ is None and (err.__context__ is None or err.__suppress_context__), msg
+    for piece in expected:
+        assert piece in msg, f"{case}: {piece!r} not in {msg!r}"
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Determinism.
+
+def test_same_seed_gives_identical_log_and_metrics(teacher, path, tmp_path, one_thread):
+    """Two same-seed CPU runs of a tiny DisBack distillation write byte-identical log, metrics and state."""
+    setting = load_setting("ring2d", num_train=10, num_reference=200)
+    cfg = DistillConfig(iters=12, iters_per_node=3, batch=32, eval_every=4, ckpt_every=6, seed=1)
+    for run in ("a", "b"):
+        disback.backtrack(teacher, path, cfg, tmp_path / run, progress=False,
+                          metric_fn=lambda g: setting.evaluate(g, 200))
+    for f in ("log.jsonl", "config.json", "state.json", "state_00000012.safetensors"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    assert sum("metrics" in r for r in read_jsonl(tmp_path / "a" / "log.jsonl")) == 4  # steps 0, 4, 8, 12
