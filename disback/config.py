@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class _Config:
             if not ok:
                 _fail(type(self), f.name, value, f"of type {kind.__name__}")
             if kind is float:
+                if not math.isfinite(value):
+                    _fail(type(self), f.name, value, "a finite number")
                 object.__setattr__(self, f.name, float(value))
         self._check()
 

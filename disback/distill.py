@@ -54,8 +54,15 @@ def _check_path(teacher, path: DegradationPath, config: DistillConfig) -> None:
 
 
 def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | None = None,
-            metric_fn: Callable[[torch.nn.Module], dict] | None = None, progress: bool = True) -> DistillResult:
-    """Train a one-step generator from ``teacher`` by score distillation; resumes from ``run_dir`` if it holds a state."""
+            metric_fn: Callable[[torch.nn.Module], dict] | None = None, progress: bool = True,
+            probe_fn: Callable[..., dict] | None = None) -> DistillResult:
+    """Train a one-step generator from ``teacher`` by score distillation; resumes from ``run_dir`` if it holds a state.
+
+    ``metric_fn(generator)`` is logged as ``metrics`` at step 0, every ``eval_every`` updates and at the end.
+    ``probe_fn(generator=, fake=, target=, node=, step=, seed=)`` is logged as ``probe`` at the same steps: it sees the
+    training internals (e.g. to measure the mismatch between the target's and the fake score). Neither may draw
+    from the training RNG, so they never change the run.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = make_schedule(config, path)
@@ -83,13 +90,24 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     nfe = meta["extra"]["nfe"] if meta else 0
     log = RunLog(run_dir / "log.jsonl", start)
     eval_gen = ema.module if ema else generator
-    if start == 0:
-        log.write({"step": 0, "node": schedule.node_at(0), "nfe": 0,
-                   **({"metrics": metric_fn(eval_gen)} if metric_fn else {})})
-
     active = schedule.node_at(start - 1) if start else 0  # the node the target holds (0 = the teacher)
     if active:  # Resumed on an intermediate node: restore it as the target, logging no switch.
         path.load_node(active, target)
+
+    def evaluate(step: int, node: int) -> dict:
+        out = {"metrics": metric_fn(eval_gen)} if metric_fn else {}
+        if probe_fn:
+            out["probe"] = probe_fn(generator=eval_gen, fake=fake, target=target, node=node, step=step,
+                                    seed=config.seed)
+        return out
+
+    if start == 0:
+        first = schedule.node_at(0)
+        if probe_fn and first:  # the probe at step 0 sees the first target; the loop then switches to it as usual
+            path.load_node(first, target)
+        log.write({"step": 0, "node": first, "nfe": 0, **evaluate(0, first)})
+        if probe_fn and first:
+            target.load_state_dict(teacher.state_dict())
     bar = tqdm(range(start, config.iters), desc=f"{config.method}{'+disback' if config.backtrack else ''}",
                disable=not progress, initial=start, total=config.iters)
     for step in bar:
@@ -134,8 +152,8 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         record = {"step": done, "node": active, "loss_gen": loss_gen.item(), "loss_fake": loss_fake, "nfe": nfe}
         if switched:
             record["target_fingerprint"] = switched
-        if metric_fn and ((config.eval_every and done % config.eval_every == 0) or done == config.iters):
-            record["metrics"] = metric_fn(eval_gen)
+        if (config.eval_every and done % config.eval_every == 0) or done == config.iters:
+            record.update(evaluate(done, active))
         log.write(record)
         bar.set_postfix(loss=f"{record['loss_gen']:.3g}", node=active, refresh=False)
         if config.ckpt_every and (done % config.ckpt_every == 0 or done == config.iters):

@@ -76,12 +76,13 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
 
 
 def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root: Path, num_eval: int,
-              path: DegradationPath | None = None, progress: bool = True) -> list:
+              path: DegradationPath | None = None, progress: bool = True, probe_fn=None) -> list:
     """``distill`` once per seed (into ``run_root/seed<k>``); returns the per-seed ``DistillResult``s."""
     if config.backtrack and path is None:
         raise ArtifactError("backtrack=True needs the degradation path (run notebook 02 first)")
     return [distill(teacher, config.replace(seed=int(seed)), Path(run_root) / f"seed{seed}", path=path,
-                    metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress) for seed in seeds]
+                    metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress, probe_fn=probe_fn)
+            for seed in seeds]
 
 
 def metric_curve(logs: list[list[dict]], metric: str):
@@ -117,3 +118,27 @@ def save_record(paths: Paths, notebook: str, profile: str, primary: str, summary
         "notebook": notebook, "setting": paths.setting, "profile": profile, "status": "ok", "primary": primary,
         "summary": summary, "figures": [r for r in rel if r.endswith(".png")],
         "tables": [r for r in rel if r.endswith(".md")]})
+
+
+def stage1_nfe(path: DegradationPath) -> int:
+    """Network evaluations spent recording ``path``: one G0 pass and one fake-score pass per sample and step."""
+    from .distill import NFE_FAKE_STEP
+
+    return int(path.config["iters"]) * int(path.config["batch"]) * NFE_FAKE_STEP
+
+
+def convergence(results: list, metric: str, threshold: float, nfe_offset: int = 0) -> dict:
+    """Curves of ``metric`` over seeds and each seed's time to ``threshold``, in updates and in network evaluations.
+
+    ``nfe_offset`` is added to the evaluation count (the stage-1 cost, to charge DisBack for its path).
+    """
+    from .stats import times_to_threshold
+
+    logs = [r.log for r in results]
+    steps, values = metric_curve(logs, metric)
+    nfe_by_step = {r["step"]: r["nfe"] for r in logs[0]}
+    nfe = np.array([nfe_by_step[int(s)] for s in steps], np.float64) + nfe_offset
+    t_steps, reached = times_to_threshold(steps, values, threshold)
+    t_nfe, _ = times_to_threshold(nfe, values, threshold)
+    return {"steps": steps, "nfe": nfe, "values": values, "threshold": threshold, "updates": t_steps,
+            "evaluations": t_nfe, "reached": reached}

@@ -74,5 +74,30 @@ def score_error(denoiser, exact, x0: torch.Tensor, sigmas, generator=None) -> di
     return out
 
 
+def empirical_denoiser(samples: torch.Tensor, std: float = 1e-3):
+    """The exact denoiser of the sigma-noised empirical distribution of ``samples`` ``[K, D]`` (a kernel estimate
+    of the score of the distribution they were drawn from; accurate in low dimension when sigma >> spacing)."""
+    from .data import GaussianMixture
+
+    return GaussianMixture(samples.detach().float(), torch.ones(len(samples)), std)
+
+
+@torch.no_grad()
+def score_mismatch(denoiser_a, denoiser_b, x0: torch.Tensor, sigmas, labels=None, seed: int = 0) -> dict:
+    """sigma^2-weighted score mismatch per dimension, E ||sigma (s_a - s_b)(x0 + sigma n)||^2 / dim, at each sigma.
+
+    With scores from denoisers, sigma (s_a - s_b) = (D_a - D_b) / sigma. ``x0`` are the points the mismatch is
+    measured at (the generator's samples): where the generator update evaluates the scores.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for sigma in sigmas:
+        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        call = [d(x, sigma) if labels is None or getattr(d, "label_dim", 0) == 0 else d(x, sigma, labels)
+                for d in (denoiser_a, denoiser_b)]
+        out[float(sigma)] = float(((call[0] - call[1]) ** 2).flatten(1).mean(1).mean() / sigma ** 2)
+    return out
+
+
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64) if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)

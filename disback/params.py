@@ -14,6 +14,7 @@ import ast
 import sys
 from pathlib import Path
 
+import nbformat
 import papermill
 import yaml
 
@@ -55,12 +56,22 @@ def _yaml_hint(values) -> str:
     return ""
 
 
+def unparsed_parameters(notebook, declared: dict) -> list[str]:
+    """Names assigned in the parameters cell that papermill could not parse (it would silently ignore them)."""
+    cell = next(c for c in nbformat.read(str(notebook), as_version=4).cells
+                if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = [t.id for node in ast.parse(cell.source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    return [f"{notebook}: papermill cannot parse the parameters-cell line of {n!r} (an '=' or a quote in its "
+            f"comment?), so a value given for it would be ignored; fix the notebook" for n in names if n not in declared]
+
+
 def check(notebook, params: dict) -> list[str]:
     """Problems of ``params`` for ``notebook`` (empty when fine)."""
     declared = papermill.inspect_notebook(str(notebook))
     if not declared:
         return [f"{notebook} has no cell tagged 'parameters'; it takes no parameters"]
-    problems = []
+    problems = unparsed_parameters(notebook, declared)
     for key, value in params.items():
         if key not in declared:
             problems.append(f"{key}: unknown parameter; {notebook} takes {sorted(declared)}")

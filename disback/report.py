@@ -1,37 +1,29 @@
 """REPORT.md generation: our numbers read from ``results/<profile>/``, beside the paper's, never typed by hand.
 
-Run as ``python -m disback.report --results results --profile cpu --out REPORT.md``.
+The paper's numbers and claims come from ``paper/claims.yaml``; ours from ``results/<profile>/metrics/*.json``
+(one record per notebook and setting), the tables and figures they list, and papermill's timing metadata in
+``results/<profile>/notebooks/``. Run as ``python -m disback.report --results results --profile cpu``.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import math
 from pathlib import Path
+
+import yaml
 
 NOTEBOOKS = {
     "01_teacher_setup": "Teacher setup",
     "02_degradation_recording": "Degradation recording (stage 1)",
-    "03_distribution_backtracking": "Distribution backtracking (stage 2) vs. the baseline",
+    "03_distribution_backtracking": "Distribution backtracking (stage 2) vs. its baseline",
+    "04_baselines": "Baselines with and without backtracking (paper Sec. 5.1-5.2)",
+    "05_ablation_nodes": "Ablation of the path's nodes (paper Sec. 5.4)",
+    "06_score_mismatch": "Score mismatch during training (paper Sec. 5.3)",
 }
-
-PAPER_ROWS = [  # (quantity, paper value, source) from shared PAPER.md section 3; no number of ours here
-    ("DisBack one-step FID, ImageNet 64x64", "1.38", "paper abstract (v2/v3)"),
-    ("DisBack FID on FFHQ-64, AFHQv2-64, CIFAR-10, SDXL", "not recovered", "tables not recoverable here"),
-    ("Convergence-speed figures, node ablation", "not recovered", "tables not recoverable here"),
-]
-
-DISCREPANCIES = [
-    ("The released EDM-dataset code performs no degradation or backtracking.",
-     "`disback/degrade.py` records the path; `disback/distill.py` walks it; notebooks 02-03 run both."),
-    ("The SDXL loop's node-switch condition fires at most once or twice; nodes load with `strict=False` "
-     "from state dicts whose key prefixes do not match.",
-     "`TargetSchedule` switches on a fixed schedule; nodes load strictly with sha256 checks "
-     "(`disback/path.py`); each switch logs the target's weight fingerprint (`log.jsonl`), and "
-     "`tests/test_path.py::test_log_proves_target_changed_on_schedule` checks it against the node files."),
-    ("README pseudocode tests `idx // interval == 0` where `idx % interval == 0` is meant.",
-     "`tests/test_path.py::test_schedule_visits_every_node_in_order_and_ends_on_teacher` checks every "
-     "node is visited in order and the run ends on the teacher."),
-]
+KEY_FIGURES = ("03_convergence", "04_convergence", "04_speedup", "05_ablation", "06_mismatch")
+CLAIMS_FILE = Path("paper") / "claims.yaml"
 
 
 def _load(results: Path, profile: str) -> dict:
@@ -42,8 +34,83 @@ def _load(results: Path, profile: str) -> dict:
     return out
 
 
+def _get(obj, key: str):
+    for part in key.split("."):
+        obj = obj[part]
+    return obj
+
+
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _speedup_text(s: dict) -> str:
+    if not math.isfinite(s["ratio"]):
+        return "n/a (both arms at the threshold from the start)"
+    cens = "; censored: some run never reached the threshold, so this is a bound" if s["censored"] else ""
+    return f"{s['ratio']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]{cens}"
+
+
+def speedup_status(s: dict) -> str:
+    """reproduced / contradicted / inconclusive from a speed-up's bootstrap interval (see paper/claims.yaml)."""
+    if not math.isfinite(s["ratio"]) or not math.isfinite(s["ci_low"]):
+        return "inconclusive"
+    if s["ci_low"] > 1 and not s["censored"]:
+        return "reproduced"
+    if s["ci_high"] < 1:
+        return "contradicted" if not s["censored"] else "inconclusive"
+    return "inconclusive"
+
+
+def _protocol(rec: dict) -> str:
+    s = rec["summary"]
+    if rec["notebook"] == "04_baselines":
+        return (f"{len(s['seeds'])} seeds, {s['iters']} generator updates per run; time to reach "
+                f"{s['threshold_factor']}x the teacher's `{rec['primary']}` ({s['threshold']:.4g}); ratio of mean times "
+                f"baseline / DisBack, 95% paired bootstrap CI over seeds")
+    if rec["notebook"] == "06_score_mismatch":
+        return (f"{len(s['seeds'])} seeds; mean over sigmas {s['sigmas']} and over the first {s['early_span']} updates "
+                f"of the sigma^2-weighted score mismatch between the current target and the generator "
+                f"({s['generator_score']})")
+    return f"{len(s.get('seeds', []))} seeds"
+
+
+def claim_rows(claims: dict, records: dict, root: Path) -> list[str]:
+    lines = ["| claim (paper section) | paper | setting | ours | status | protocol | source |",
+             "|---|---|---|---|---|---|---|"]
+    for c in claims["claims"]:
+        found = sorted((s, rf) for (nb, s), rf in records.items() if nb == c["ours"]["notebook"])
+        if not found:
+            lines.append(f"| {c['claim']} ({c['section']}) | {c['paper']} | - | - | pending: run "
+                         f"`notebooks/{c['ours']['notebook']}.ipynb` | - | - |")
+        for setting, (rec, f) in found:
+            src = f"[`{f.relative_to(root)}`]({f.relative_to(root)}), `notebooks/{rec['notebook']}.ipynb`"
+            for method in c.get("per_method", [None]):
+                key = c["ours"].get("key", "").replace("{method}", method or "")
+                label = f"{c['claim']} ({c['section']})" + (f": **{method}**" if method else "")
+                try:
+                    value = _get(rec["summary"], key) if key else None
+                except KeyError:
+                    lines.append(f"| {label} | {c['paper']} | {setting} | not run | pending: not in this profile's "
+                                 f"run | - | {src} |")
+                    continue
+                if c["rule"] == "speedup":
+                    ours = _speedup_text(value)
+                    status = speedup_status(value)
+                    if "also" in c:
+                        also = _get(rec["summary"], c["also"]["key"].replace("{method}", method or ""))
+                        ours += f"; {c['also']['label']}: {_speedup_text(also)}"
+                elif c["rule"] == "smaller":
+                    a, b = value[c["ours"]["a"]], value[c["ours"]["b"]]
+                    ours = f"{c['ours']['a']} {a:.4g} vs {c['ours']['b']} {b:.4g}"
+                    status = "reproduced" if a < b else "not reproduced"
+                else:
+                    t = f"tables/{c['ours']['table']}__{setting}.md"
+                    ours, status = f"table [`{t}`]({(f.parent.parent / t).relative_to(root)}) below", \
+                        "not comparable: the paper's values are not recovered"
+                lines.append(f"| {label} | {c['paper']} | {setting} | {ours} | **{status}** | {_protocol(rec)} "
+                             f"| {src} |")
+    return lines
 
 
 def _stage2_section(rec: dict, f: Path, root: Path) -> list[str]:
@@ -51,29 +118,65 @@ def _stage2_section(rec: dict, f: Path, root: Path) -> list[str]:
     lines = [f"Protocol: {len(s['seeds'])} seeds ({s['seeds']}), {s['iters']} generator updates each, method "
              f"`{s['config']['method']}`, metric `{metric}` of the generator's samples against held-out data "
              f"at the last update (mean ± sample std over seeds; min-max in brackets).", "",
-             "| model | " + metric + " | mode coverage |", "|---|---|---|",
-             f"| initial generator G0 | {_fmt(s['initial'][metric])} | {_fmt(s['initial'].get('mode_coverage', '-'))} |",
-             f"| teacher (multi-step) | {_fmt(s['teacher'][metric])} | {_fmt(s['teacher'].get('mode_coverage', '-'))} |"]
+             f"| model | {metric} |", "|---|---|",
+             f"| initial generator G0 | {_fmt(s['initial'][metric])} |",
+             f"| teacher (multi-step) | {_fmt(s['teacher'][metric])} |"]
     for label, stats in s["methods"].items():
         m = stats[metric]
-        cov = stats.get("mode_coverage", {}).get("mean", "-")
-        lines.append(f"| {label} | {m['mean']:.4g} ± {m['std']:.2g} [{m['min']:.4g}-{m['max']:.4g}] | {_fmt(cov)} |")
-    lines += ["", f"Source: `{f.relative_to(root)}` (notebook `notebooks/{rec['notebook']}.ipynb`)."]
+        lines.append(f"| {label} | {m['mean']:.4g} ± {m['std']:.2g} [{m['min']:.4g}-{m['max']:.4g}] |")
     return lines
 
 
-def render(results: Path, profile: str, root: Path) -> str:
+def _timings(results: Path, profile: str, root: Path) -> list[str]:
+    rows = []
+    for nb in sorted((results / profile / "notebooks").glob("*.ipynb")):
+        meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
+        if meta.get("duration") is not None:
+            rows.append((nb.stem, meta["duration"], meta.get("end_time", "")))
+    if not rows:
+        return ["No executed notebooks found."]
+    lines = ["| notebook run | wall time | finished |", "|---|---|---|"]
+    lines += [f"| [`{stem}`]({(results / profile / 'notebooks' / stem).relative_to(root)}.ipynb) | "
+              f"{d / 60:.1f} min | {end[:19]} |" for stem, d, end in rows]
+    lines.append(f"| **total** | **{sum(d for _, d, _ in rows) / 60:.1f} min** | |")
+    return lines
+
+
+def reliability_lines(root: Path) -> list[str]:
+    """What the reliability tests check: their names and docstrings, read from the test files themselves."""
+    lines = []
+    for test_file in ("tests/test_reliability.py", "tests/test_params.py"):
+        f = root / test_file
+        if not f.is_file():
+            continue
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                doc = (ast.get_docstring(node) or node.name[5:].replace("_", " ")).split("\n\n")[0]
+                lines.append(f"- {' '.join(doc.split())} (`{test_file}::{node.name}`)")
+    return lines
+
+
+def render(results: Path, profile: str, root: Path, claims_file: Path | None = None) -> str:
     """The whole report as Markdown."""
+    claims = yaml.safe_load((claims_file or root / CLAIMS_FILE).read_text())
     records = _load(results, profile)
     lines = ["# DisBack reproduction report", "",
-             "Generated by `python -m disback.report` from the files under "
-             f"`{(results / profile).relative_to(root)}/`; every number of ours below is read from those files, "
-             "which `make reproduce` regenerates. Do not edit by hand.", "",
-             "## The paper's numbers", "", "| quantity | paper | source | status here |", "|---|---|---|---|"]
-    lines += [f"| {q} | {v} | {src} | pending: needs GPU and the EDM teachers (notebooks 07-10 not written) |"
-              for q, v, src in PAPER_ROWS]
+             f"Generated by `python -m disback.report` from `{CLAIMS_FILE}` (the paper's numbers and claims) and the "
+             f"files under `{(results / profile).relative_to(root)}/` (ours, profile `{profile}`); `make reproduce` "
+             "regenerates both the results and this file. Do not edit by hand.", "",
+             "## The paper's claims, tested at this scale", ""]
+    lines += claim_rows(claims, records, root)
+    lines += ["", "Status of a speed-up: *reproduced* when its whole 95% interval lies above 1 (DisBack faster, as "
+              "the paper claims), *contradicted* when it lies below 1 (DisBack slower), *inconclusive* when it "
+              "contains 1 or some run never reached the threshold.", "",
+              "## The paper's published numbers", "", "| quantity | paper | source | status here |", "|---|---|---|---|"]
+    lines += [f"| {n['quantity']} | {n['paper']} | {n['source']} | pending: needs {n['needs']} |"
+              for n in claims["numbers"]]
+    lines += ["", "Context (numbers the baselines publish for themselves, not reproduced here):", "",
+              "| method | dataset | NFE | FID | source |", "|---|---|---|---|---|"]
+    lines += [f"| {c['method']} | {c['dataset']} | {c['nfe']} | {c['fid']} | {c['source']} |" for c in claims["context"]]
     for nb, title in NOTEBOOKS.items():
-        found = [(rec, f) for (name, _), (rec, f) in records.items() if name == nb]
+        found = [(rec, f) for (name, _), (rec, f) in sorted(records.items()) if name == nb]
         lines += ["", f"## {title} (`notebooks/{nb}.ipynb`)", ""]
         if not found:
             lines.append(f"Pending: no results for profile `{profile}` yet (run `make reproduce`).")
@@ -86,11 +189,19 @@ def render(results: Path, profile: str, root: Path) -> str:
                 lines += _stage2_section(rec, f, root)
             for t in rec.get("tables", []):
                 lines += ["", f"Table `{profile}/{t}`:", "", (results / profile / t).read_text().rstrip()]
+            for p in rec.get("figures", []):
+                if Path(p).stem.rsplit("__", 1)[0] in KEY_FIGURES:
+                    lines += ["", f"![{Path(p).stem}]({(results / profile / p).relative_to(root)})"]
             lines += ["", "Figures: " + ", ".join(f"[{Path(p).stem}]({(results / profile / p).relative_to(root)})"
-                                                  for p in rec.get("figures", []))]
+                                                  for p in rec.get("figures", [])),
+                      "", f"Source: `{f.relative_to(root)}`."]
+    lines += ["", "## Run time per notebook (papermill metadata)", ""] + _timings(results, profile, root)
+    lines += ["", "## Reliability: what the tests check", "",
+              "Every item is a test in `make test`; the list is read from the test files.", ""]
+    lines += reliability_lines(root)
     lines += ["", "## The official code's discrepancies and how this implementation avoids each", "",
               "| official code (PAPER.md §5) | here |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in DISCREPANCIES]
+    lines += [f"| {d['official']} | {d['here']} |" for d in claims["discrepancies"]]
     return "\n".join(lines) + "\n"
 
 
@@ -99,9 +210,12 @@ def main(argv=None) -> None:
     ap.add_argument("--results", default="results", help="results root (holds <profile>/metrics/*.json)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--out", default="REPORT.md")
+    ap.add_argument("--claims", default=str(CLAIMS_FILE), help="the paper's numbers and claims (YAML)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
-    Path(args.out).write_text(render(Path(args.results).resolve(), args.profile, out.parent))
+    if not Path(args.claims).is_file():
+        raise SystemExit(f"--claims {args.claims}: no such file (run from the repository root)")
+    Path(args.out).write_text(render(Path(args.results).resolve(), args.profile, out.parent, Path(args.claims)))
     print(f"wrote {args.out}")
 
 

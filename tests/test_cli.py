@@ -1,5 +1,6 @@
 """The two command-line tools the Makefile calls: parameter validation and REPORT.md generation."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,36 @@ def test_params_reject_unknown_key_wrong_type_and_bad_config_value(tmp_path):
     assert params.main(["notebooks/01_teacher_setup.ipynb", str(f)]) == 2
 
 
+CLAIMS = Path(__file__).resolve().parents[1] / "paper" / "claims.yaml"
+
+
+def _speedup(ratio, lo, hi, censored=False):
+    return {"ratio": ratio, "ci_low": lo, "ci_high": hi, "level": 0.95, "n": 5, "censored": censored, "n_boot": 10}
+
+
+@pytest.mark.parametrize("interval, status", [((2.0, 1.5, 2.6, False), "reproduced"),
+                                              ((0.4, 0.3, 0.6, False), "contradicted"),
+                                              ((1.1, 0.8, 1.5, False), "inconclusive"),
+                                              ((2.0, 1.5, 2.6, True), "inconclusive")])
+def test_report_claim_status_follows_the_interval(tmp_path, interval, status):
+    """A speed-up claim's status is decided by its interval, and the report names the file it came from."""
+    metrics = tmp_path / "results" / "cpu" / "metrics"
+    metrics.mkdir(parents=True)
+    s = _speedup(*interval)
+    rec = {"notebook": "04_baselines", "setting": "ring2d", "profile": "cpu", "status": "ok", "primary": "w2",
+           "figures": [], "tables": [], "summary": {
+               "seeds": [0, 1, 2, 3, 4], "iters": 100, "threshold": 0.3, "threshold_factor": 1.5,
+               "methods": {m: {"speedup_updates": s, "speedup_evaluations": s} for m in ("diff_instruct", "dmd")}}}
+    (metrics / "04_baselines__ring2d.json").write_text(json.dumps(rec))
+    assert report.speedup_status(s) == status
+    text = report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS)
+    row = next(line for line in text.splitlines() if line.startswith("| DisBack converges faster"))
+    assert f"**{status}**" in row and f"{interval[0]:.2f}x [{interval[1]:.2f}, {interval[2]:.2f}]" in row
+    assert "results/cpu/metrics/04_baselines__ring2d.json" in row
+    assert "pending: not in this profile" in next(line for line in text.splitlines() if "**sid**" in line)
+    assert "| DisBack one-step FID, ImageNet 64x64 (class-conditional) | 1.38 |" in text
+
+
 def test_report_reads_numbers_from_results(tmp_path):
     metrics = tmp_path / "results" / "cpu" / "metrics"
     metrics.mkdir(parents=True)
@@ -28,7 +59,7 @@ def test_report_reads_numbers_from_results(tmp_path):
            "summary": {"initial": {"w2": 1.5}, "teacher": {"w2": 0.2}, "seeds": [0, 1, 2], "iters": 10,
                        "config": {"method": "diff_instruct"}, "methods": {"DisBack": {"w2": run}}}}
     (metrics / "03_distribution_backtracking__ring2d.json").write_text(json.dumps(rec))
-    text = report.render(tmp_path / "results", "cpu", tmp_path)
+    text = report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS)
     assert "0.1235 ± 0.01" in text and "| initial generator G0 | 1.5 |" in text
     assert "Pending: no results" in text  # notebooks 01 and 02 have none here
     with pytest.raises(SystemExit):

@@ -129,3 +129,16 @@ def test_repository_parameter_files_are_valid():
         nb = root / "notebooks" / f"{f.stem.split('__')[0]}.ipynb"
         if nb.is_file():
             assert params.check_files(nb, f) == [], f
+
+
+def test_unparseable_parameter_line_is_reported(tmp_path):
+    """papermill skips a parameters-cell line whose comment holds '='; the validator names it instead."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    cell = nbformat.v4.new_code_cell("a = 1  # fine\nb = 2  # b = twice a\n")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells.append(cell)
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    problems = params.check(path, {"a": 3})
+    assert len(problems) == 1 and "'b'" in problems[0] and "cannot parse" in problems[0]

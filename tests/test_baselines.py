@@ -1,0 +1,229 @@
+"""Baselines against their definitions on Gaussians; backtracking changes only the target; speed statistics.
+
+Every generator update is checked against a hand-derived closed form on exact Gaussian denoisers
+D(x) = mu + c (x - mu), c = s^2 / (s^2 + sigma^2), and checked to move a Gaussian generator toward the target.
+"""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import disback
+from disback.checkpoint import fingerprint, read_jsonl
+from disback.config import DistillConfig, TeacherConfig
+from disback.data import GaussianMixture, ring_mixture
+from disback.distill import NFE_FAKE_STEP, NFE_GEN_STEP
+from disback.losses import GENERATOR_LOSSES, dmd, generator_loss, sid
+from disback.metrics import empirical_denoiser, score_mismatch
+from disback.path import DegradationPath, PathWriter
+from disback.stats import mean_ci, speedup, time_to_threshold, times_to_threshold
+from disback.teachers import train_teacher
+
+STD = 0.5
+
+
+def gauss(mu) -> GaussianMixture:
+    return GaussianMixture(torch.tensor([mu], dtype=torch.float32), torch.ones(1), STD)
+
+
+def shrink(sigma):
+    return STD ** 2 / (STD ** 2 + sigma ** 2)
+
+
+def grad_of(loss_fn, x0, **kw):
+    x = x0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(x, **kw).sum(), x)
+    return g
+
+
+@pytest.fixture
+def case():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(32, 2, generator=g) + torch.tensor([1.0, -0.5])
+    sigma = torch.rand(32, generator=g) * 1.5 + 0.2
+    n = torch.randn(32, 2, generator=g)
+    return x0, sigma, n, gauss([0.3, 0.2]), gauss([1.0, -0.4])  # target (data) and fake (generator) denoisers
+
+
+def test_dmd_update_is_the_normalised_score_difference(case):
+    """DMD: d loss / d x0 = (D_fake - D_target)(x_t) / mean|x0 - D_target(x_t)|, per sample (Yin et al. 2024)."""
+    x0, sigma, n, target, fake = case
+    x_t = x0 + sigma[:, None] * n
+    d_t, d_f = target(x_t, sigma), fake(x_t, sigma)
+    expected = (d_f - d_t) / (x0 - d_t).abs().mean(1, keepdim=True)
+    torch.testing.assert_close(grad_of(dmd, x0, sigma=sigma, n=n, labels=None, target=target, fake_score=fake),
+                               expected)
+    assert GENERATOR_LOSSES["dmd2"] is dmd  # DMD2-style differs only by its fake-score steps (tested below)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 1.2])
+def test_sid_update_matches_its_hand_derived_gradient(case, alpha):
+    """SiD, loss (f_t - f_f)^T (f_t - x0) - alpha ||f_t - f_f||^2 over mean|x0 - f_t|, gradients through x_t:
+    with linear denoisers f = mu + c (x_t - mu) the gradient is
+    [(c_t - c_f)(f_t - x0) + (c_t - 1)(f_t - f_f) - 2 alpha (c_t - c_f)(f_t - f_f)] / mean|x0 - f_t|."""
+    x0, sigma, n, target, fake = case
+    x_t = x0 + sigma[:, None] * n
+    d_t, d_f = target(x_t, sigma), fake(x_t, sigma)
+    c = shrink(sigma)[:, None]  # both denoisers share the std, so c_t = c_f = c
+    diff, scale = d_t - d_f, (x0 - d_t).abs().mean(1, keepdim=True)
+    expected = ((c - c) * (d_t - x0) + (c - 1) * diff - 2 * alpha * (c - c) * diff) / scale
+    got = grad_of(sid, x0, sigma=sigma, n=n, labels=None, target=target, fake_score=fake, alpha=alpha)
+    torch.testing.assert_close(got, expected)
+    # Different stds make c_t != c_f and exercise every term.
+    wide = GaussianMixture(fake.means, torch.ones(1), 1.3)
+    d_w = wide(x_t, sigma)
+    c_w = (1.3 ** 2 / (1.3 ** 2 + sigma ** 2))[:, None]
+    diff = d_t - d_w
+    expected = ((c - c_w) * (d_t - x0) + (c - 1) * diff - 2 * alpha * (c - c_w) * diff) / scale
+    got = grad_of(sid, x0, sigma=sigma, n=n, labels=None, target=target, fake_score=wide, alpha=alpha)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("method", sorted(GENERATOR_LOSSES))
+def test_every_method_moves_a_gaussian_generator_toward_the_target(method):
+    """G(z) = m + s z with the exact fake score of N(m, s^2) and target N(mu, s^2): the expected update of m,
+    averaged over noise levels and samples, points from mu to m (so a descent step closes the gap)."""
+    g = torch.Generator().manual_seed(1)
+    m = torch.tensor([1.5, -1.0], requires_grad=True)
+    mu = torch.tensor([0.0, 0.5])
+    x0 = m + STD * torch.randn(20000, 2, generator=g)
+    sigma = disback.diffusion.sample_sigma(20000, -1.2, 1.2, g)
+    n = torch.randn(20000, 2, generator=g)
+    loss = generator_loss(method, x0, sigma, n, None, gauss(mu.tolist()), gauss(m.detach().tolist())).mean()
+    (grad,) = torch.autograd.grad(loss, m)
+    gap = (m - mu).detach()
+    cos = float(grad @ gap / (grad.norm() * gap.norm()))
+    assert cos > 0.95, f"{method}: update direction has cosine {cos:.3f} with m - mu"
+
+
+def test_every_method_is_zero_when_fake_equals_target(case):
+    x0, sigma, n, target, _ = case
+    for method in GENERATOR_LOSSES:
+        g = grad_of(lambda x, **kw: generator_loss(method, x, sigma, n, None, target, copy.deepcopy(target)), x0)
+        if method == "sid":  # SiD keeps a term through x_t that vanishes only in expectation; its diff part is 0
+            continue
+        assert g.abs().max() < 1e-6, method
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backtracking changes only the target schedule.
+
+@pytest.fixture(scope="module")
+def teacher():
+    data = ring_mixture().sample(512, torch.Generator().manual_seed(0))
+    return train_teacher(data, None, TeacherConfig(width=16, depth=1, iters=40, batch=64), progress=False)
+
+
+def teacher_path(teacher, root, num_nodes=3, sigma_init=2.5) -> DegradationPath:
+    """A degradation path whose every node is the teacher itself."""
+    writer = PathWriter(root, {"iters": num_nodes, "batch": 8, "sigma_init": sigma_init, "num_nodes": num_nodes},
+                        fingerprint(teacher))
+    for k in range(num_nodes + 1):
+        writer.add(teacher, k)
+    return DegradationPath.load(root)
+
+
+def test_backtracking_along_a_path_of_teacher_copies_equals_the_baseline(teacher, tmp_path):
+    """With every node equal to the teacher, DisBack and the baseline run bitwise the same updates: the
+    schedule (and the fake score's starting node) is the only thing backtracking changes."""
+    path = teacher_path(teacher, tmp_path / "path")
+    cfg = DistillConfig(iters=12, iters_per_node=3, batch=32, eval_every=0, seed=3)
+    base = disback.distill(teacher, cfg, tmp_path / "base", progress=False)
+    back = disback.backtrack(teacher, path, cfg, tmp_path / "back", progress=False)
+    assert [r["node"] for r in back.log][1:] == [2, 2, 2, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert all(r["node"] == 0 for r in base.log)
+    strip = [{k: v for k, v in r.items() if k not in ("node", "target_fingerprint")} for r in back.log]
+    assert strip == [{k: v for k, v in r.items() if k != "node"} for r in base.log]
+    for a, b in zip(base.generator.state_dict().values(), back.generator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_enabling_backtracking_changes_only_the_schedule_in_the_config(teacher, tmp_path):
+    path = teacher_path(teacher, tmp_path / "path")
+    for method in GENERATOR_LOSSES:
+        cfg = DistillConfig(method=method, iters=4, iters_per_node=1, batch=16, eval_every=0)
+        a = disback.distill(teacher, cfg, tmp_path / method / "a", progress=False)
+        b = disback.backtrack(teacher, path, cfg, tmp_path / method / "b", progress=False)
+        ca, cb = a.config.to_dict(), b.config.to_dict()
+        assert {k for k in ca if ca[k] != cb[k]} == {"backtrack"}, method
+        assert a.schedule.nodes == (0,) and b.schedule.nodes == (2, 1, 0)
+
+
+def test_dmd2_runs_fake_steps_per_generator_update(teacher, tmp_path):
+    """DMD2's two time-scale rule: ``fake_steps`` fake-score updates per generator update, counted in the NFE."""
+    for k in (1, 4):
+        res = disback.distill(teacher, DistillConfig(method="dmd2", fake_steps=k, iters=3, batch=8, eval_every=0),
+                              tmp_path / str(k), progress=False)
+        assert [r["nfe"] for r in res.log] == [i * (k * NFE_FAKE_STEP + NFE_GEN_STEP) * 8 for i in range(4)]
+
+
+def test_probe_sees_the_scheduled_target_and_never_changes_the_run(teacher, tmp_path):
+    path = teacher_path(teacher, tmp_path / "path", num_nodes=3)
+    seen = []
+
+    def probe(generator, fake, target, node, step, seed):
+        seen.append((step, node, fingerprint(target)))
+        assert seed == 1
+        return {"x": float(torch.randn(1)[0])}  # draws from the global RNG on purpose: must not matter
+
+    cfg = DistillConfig(iters=6, iters_per_node=2, batch=16, eval_every=2, seed=1)
+    plain = disback.backtrack(teacher, path, cfg, tmp_path / "plain", progress=False)
+    probed = disback.backtrack(teacher, path, cfg, tmp_path / "probed", progress=False, probe_fn=probe)
+    assert [s[:2] for s in seen] == [(0, 2), (2, 2), (4, 1), (6, 0)]  # the target of the update just made
+    assert [{k: v for k, v in r.items() if k != "probe"} for r in probed.log] == plain.log
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Score mismatch and convergence statistics.
+
+def test_score_mismatch_closed_form_between_two_gaussians():
+    """Exact denoisers of N(a, s^2) and N(b, s^2): sigma (s_a - s_b) = (1 - c)(a - b) / sigma everywhere."""
+    a, b = gauss([0.0, 0.0]), gauss([0.6, -0.8])
+    x = torch.randn(200, 2)
+    got = score_mismatch(a, b, x, [0.3, 1.0])
+    for sigma, v in got.items():
+        assert v == pytest.approx((1 - shrink(sigma)) ** 2 * 1.0 / 2 / sigma ** 2, rel=1e-4)  # |a - b|^2 = 1
+
+
+def test_empirical_denoiser_estimates_the_distribution_score():
+    """The kernel estimate from 4000 samples of N(mu, s^2) is close to the exact denoiser at sigma = 0.5 and 1."""
+    g = torch.Generator().manual_seed(0)
+    exact = gauss([1.0, 2.0])
+    kde = empirical_denoiser(exact.sample(4000, g))
+    x = exact.sample(500, g)
+    for sigma, v in score_mismatch(exact, kde, x, [0.5, 1.0]).items():
+        ref = score_mismatch(exact, gauss([0.0, 0.0]), x, [sigma])[sigma]  # a clearly wrong score, for scale
+        assert v < 0.05 * ref, (sigma, v, ref)
+
+
+def test_time_to_threshold_interpolates_and_censors():
+    assert time_to_threshold([0, 10, 20], [5.0, 3.0, 1.0], 2.0) == (15.0, True)
+    assert time_to_threshold([0, 10], [1.0, 0.5], 2.0) == (0.0, True)
+    assert time_to_threshold([0, 10, 20], [5.0, 4.0, 3.0], 2.0) == (20.0, False)  # never: censored at the budget
+    assert time_to_threshold([0, 10, 20, 30], [5.0, 1.0, 9.0, 1.0], 2.0)[0] == pytest.approx(7.5)  # first crossing
+    times, reached = times_to_threshold([0, 10], [[3.0, 1.0], [3.0, 2.5]], 2.0)
+    assert times.tolist() == [5.0, 10.0] and reached.tolist() == [True, False]
+    with pytest.raises(ValueError, match="same non-zero length"):
+        time_to_threshold([0, 1], [1.0], 0.5)
+    with pytest.raises(ValueError, match="threshold=nan"):
+        time_to_threshold([0, 1], [1.0, 0.5], float("nan"))
+
+
+def test_speedup_ratio_interval_and_censoring():
+    s = speedup([100, 110, 90, 105, 95], [300, 310, 290, 305, 295])
+    assert s.ratio == pytest.approx(1 / 3) and s.ci_low <= s.ratio <= s.ci_high < 1 and not s.censored
+    assert s.ci_high - s.ci_low < 0.05
+    wide = speedup([50, 150, 100, 60, 140], [100, 100, 100, 100, 100])
+    assert wide.ci_low < 1 < wide.ci_high  # noisy arms: the interval says "no evidence either way"
+    assert speedup([10, 20], [5, 10], [True, True], [True, False]).censored
+    assert "censored" in str(speedup([10, 20], [5, 10], [True, True], [True, False]))
+    with pytest.raises(ValueError, match="paired"):
+        speedup([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="level"):
+        speedup([1, 2], [1, 2], level=1.5)
+
+
+def test_mean_ci_matches_student_t():
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert ci["mean"] == 2.5 and ci["ci_high"] - 2.5 == pytest.approx(3.182446 * np.std([1, 2, 3, 4], ddof=1) / 2)
