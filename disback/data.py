@@ -1,4 +1,5 @@
-"""Data sources. The 2-D setting: a Gaussian mixture whose noised score and optimal denoiser are exact."""
+"""Data sources. The 2-D setting: a Gaussian mixture whose noised score and optimal denoiser are exact.
+The digits setting: sklearn's 8x8 handwritten digits with a stratified held-out split."""
 from __future__ import annotations
 
 import math
@@ -64,3 +65,31 @@ def ring_mixture(num_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> G
     angle = 2 * math.pi * torch.arange(num_modes) / num_modes
     means = radius * torch.stack([angle.cos(), angle.sin()], 1)
     return GaussianMixture(means, torch.arange(1, num_modes + 1, dtype=torch.float32), std)
+
+
+def load_digits(size: int = 8, seed: int = 0, held_out: float = 0.2):
+    """sklearn's handwritten digits as images in [-1, 1], split per class into train and held-out parts.
+
+    Returns ``(train [N, 1, size, size], train_labels [N], held_images [M, 1, size, size], held_labels [M])``;
+    labels are int64 in 0..9. ``size`` 16 upsamples the 8x8 originals bilinearly. The split draws
+    ``round(held_out * n_c)`` images of each class c with a generator seeded by ``seed``.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits  # ships with sklearn: nothing downloads
+
+    if size not in (8, 16):
+        raise ValueError(f"size={size!r}: must be 8 (the originals) or 16 (bilinear 2x upsampling)")
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out={held_out!r}: must be a fraction in (0, 1)")
+    digits = sklearn_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8 - 1  # grey levels 0..16 -> [-1, 1]
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    if size == 16:
+        images = torch.nn.functional.interpolate(images, scale_factor=2, mode="bilinear", align_corners=False)
+
+    # Stratified split: a seeded permutation of each class, its first share held out.
+    gen = torch.Generator().manual_seed(seed)
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(int(labels.max()) + 1):
+        idx = (labels == c).nonzero().flatten()
+        held[idx[torch.randperm(len(idx), generator=gen)[:round(held_out * len(idx))]]] = True
+    return images[~held], labels[~held], images[held], labels[held]
