@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce report test smoke clean run-setting-%
+.PHONY: setup reproduce report test smoke clean clean-runs run-setting-%
 
 setup: $(STAMP)
 
@@ -54,3 +54,7 @@ smoke:
 
 clean:
 	rm -rf runs results/smoke
+
+# Runs are shared and reused across notebooks (README); start from none to time a full reproduction.
+clean-runs:
+	rm -rf runs/$(PROFILE)

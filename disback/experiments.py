@@ -1,15 +1,18 @@
 """What the notebooks share: run folders, loading stage outputs, multi-seed runs and their summaries."""
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import ArtifactError
-from .config import DistillConfig
+from .checkpoint import ArtifactError, fingerprint, write_json
+from .config import DegradeConfig, DistillConfig
 from .diffusion import edm_sampler, heun_nfe
 from .distill import distill
 from .generator import seeded_labels, seeded_noise
@@ -73,6 +76,68 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
     labels = seeded_labels(seeds, setting.label_dim)
     x = edm_sampler(denoiser, seeded_noise(seeds, setting.data_shape), labels, num_steps=steps, sigma_max=sigma_max)
     return x, labels, heun_nfe(steps)
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 of the ``disback`` package's sources: a shared run is only reused by the code that trained it."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(f.relative_to(Path(__file__).parent).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _data_fingerprint(setting: Setting) -> str:
+    h = hashlib.sha256(setting.name.encode())
+    for t in (setting.train, setting.train_labels, setting.reference, setting.reference_labels):
+        if t is not None:
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def shared_runs(paths: Paths, teacher, setting: Setting, config: DistillConfig, seeds, num_eval: int,
+                path: DegradationPath | None = None, progress: bool = True, probe_fn=None) -> list:
+    """``run_seeds`` in a folder named by everything the runs depend on, so notebooks share identical runs.
+
+    The folder ``runs/<profile>/<setting>/distill/<key>`` is keyed by the config (seed aside), the teacher's and
+    the path's weights, the data and reference set, ``num_eval`` and the library's source code. A finished seed
+    found there is loaded instead of retrained (bitwise the same result: runs are deterministic), an interrupted
+    one resumes. A run with a ``probe_fn`` is always retrained from scratch so that the probe sees every step;
+    notebooks that ask for the same runs later reuse it. The key is also written to ``key.json`` there.
+    """
+    if not config.backtrack:  # iters_per_node is unused without a path: do not let it split identical runs
+        config = config.replace(iters_per_node=DistillConfig.iters_per_node)
+    config = config.replace(ckpt_every=config.ckpt_every or config.iters)  # a finished run keeps its final state
+    key = {"config": config.replace(seed=0).to_dict(), "teacher": fingerprint(teacher),
+           "path": None if path is None else {"config": path.config, "nodes": [n["sha256"] for n in path.nodes]},
+           "data": _data_fingerprint(setting), "num_eval": int(num_eval), "code": code_fingerprint()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = paths.runs / "distill" / f"{config.method}{'-disback' if config.backtrack else ''}-{digest}"
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "key.json", key)
+    if probe_fn is not None:
+        for seed in seeds:
+            shutil.rmtree(root / f"seed{seed}", ignore_errors=True)
+    return run_seeds(teacher, setting, config, seeds, root, num_eval, path, progress, probe_fn)
+
+
+def shared_path(paths: Paths, teacher, config: DegradeConfig, progress: bool = True) -> DegradationPath:
+    """The degradation path of ``config``: notebook 02's when it was recorded with the same config and teacher,
+    otherwise recorded (or resumed, or loaded when finished) under ``runs/<profile>/<setting>/paths/``."""
+    try:
+        path = DegradationPath.load(paths.degradation / "path")
+        if DegradeConfig.from_dict(path.config).hash() == config.hash():
+            path.check_teacher(teacher)
+            return path
+    except ArtifactError:
+        pass
+    from .degrade import record_degradation
+
+    config = config.replace(ckpt_every=config.ckpt_every or config.iters)
+    key = f"{config.hash()}-{fingerprint(teacher)[:12]}-{code_fingerprint()[:12]}"
+    return record_degradation(teacher, config, paths.runs / "paths" / key, progress=progress)
 
 
 def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root: Path, num_eval: int,

@@ -53,6 +53,17 @@ def show_samples(ax, setting, samples, title: str = "", nrow: int = 10) -> None:
         image_grid(ax, samples[: nrow * nrow], nrow, title)
 
 
+def ratio_axis(ax, label: str) -> None:
+    """A log x-axis for ratios: plain tick labels (no overlapping minor labels) and a dashed line at 1."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.axvline(1, color="0.3", ls="--", lw=1)
+    ax.set_xlabel(label)
+
+
 def plot_band(ax, steps, values, label: str, color=None) -> None:
     """Mean over seeds (rows of ``values``) with a band of +- one standard deviation."""
     import numpy as np

@@ -30,7 +30,7 @@ def _speedup(ratio, lo, hi, censored=False):
 @pytest.mark.parametrize("interval, status", [((2.0, 1.5, 2.6, False), "reproduced"),
                                               ((0.4, 0.3, 0.6, False), "contradicted"),
                                               ((1.1, 0.8, 1.5, False), "inconclusive"),
-                                              ((2.0, 1.5, 2.6, True), "inconclusive")])
+                                              ((2.0, 1.5, 2.6, True), "inconclusive")])  # DisBack censored
 def test_report_claim_status_follows_the_interval(tmp_path, interval, status):
     """A speed-up claim's status is decided by its interval, and the report names the file it came from."""
     metrics = tmp_path / "results" / "cpu" / "metrics"
@@ -39,7 +39,8 @@ def test_report_claim_status_follows_the_interval(tmp_path, interval, status):
     rec = {"notebook": "04_baselines", "setting": "ring2d", "profile": "cpu", "status": "ok", "primary": "w2",
            "figures": [], "tables": [], "summary": {
                "seeds": [0, 1, 2, 3, 4], "iters": 100, "threshold": 0.3, "threshold_factor": 1.5,
-               "methods": {m: {"speedup_updates": s, "speedup_evaluations": s} for m in ("diff_instruct", "dmd")}}}
+               "methods": {m: {"speedup_updates": s, "speedup_evaluations": s, "baseline": {"reached": [True] * 5},
+                               "DisBack": {"reached": [not s["censored"]] * 5}} for m in ("diff_instruct", "dmd")}}}
     (metrics / "04_baselines__ring2d.json").write_text(json.dumps(rec))
     assert report.speedup_status(s) == status
     text = report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS)
@@ -48,6 +49,16 @@ def test_report_claim_status_follows_the_interval(tmp_path, interval, status):
     assert "results/cpu/metrics/04_baselines__ring2d.json" in row
     assert "pending: not in this profile" in next(line for line in text.splitlines() if "**sid**" in line)
     assert "| DisBack one-step FID, ImageNet 64x64 (class-conditional) | 1.38 |" in text
+
+
+def test_censoring_decides_only_in_the_direction_of_the_bound():
+    """DisBack never reaching the threshold makes baseline/DisBack an upper bound: below 1 still contradicts."""
+    below, above = _speedup(0.4, 0.3, 0.6, True), _speedup(2.0, 1.5, 2.6, True)
+    assert report.speedup_status(below, [True] * 3, [False] * 3) == "contradicted"
+    assert report.speedup_status(above, [True] * 3, [False] * 3) == "inconclusive"
+    assert report.speedup_status(above, [False] * 3, [True] * 3) == "reproduced"
+    assert report.speedup_status(below, [False] * 3, [True] * 3) == "inconclusive"
+    assert report.speedup_status(below, [False] * 3, [False] * 3) == "inconclusive"
 
 
 def test_report_reads_numbers_from_results(tmp_path):

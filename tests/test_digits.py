@@ -20,17 +20,8 @@ from disback.settings import load_setting
 from disback.teachers import train_teacher
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is faster than two, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def setting(one_thread):
+def setting():
     return load_digits_setting()  # trains the feature classifier in memory (seconds)
 
 

@@ -29,3 +29,36 @@ def test_smoke_notebook_is_deterministic(notebook, tmp_path):
         records.append(_without_timings(json.loads(f.read_text())))
     assert records[0] == records[1]
     assert records[0]["summary"]["teacher"]["w2"] > 0
+
+
+DIGITS_TINY = {  # every notebook on the digits setting through its parameters only, at a scale of seconds
+    "01_teacher_setup": {"teacher": {"arch": "unet", "width": 8, "depth": 1, "iters": 20, "batch": 32},
+                         "sampler_steps": 4, "sigma_max": 80.0},
+    "02_degradation_recording": {"degrade": {"iters": 6, "num_nodes": 2, "batch": 16}, "sampler_steps": 4},
+    "03_distribution_backtracking": {"distill": {"iters": 6, "iters_per_node": 2, "batch": 16, "eval_every": 6},
+                                     "seeds": [0, 1], "snapshot_steps": [0, 6]},
+    "04_baselines": {"methods": ["diff_instruct", "sid"], "seeds": [0, 1],
+                     "distill": {"iters": 6, "iters_per_node": 2, "batch": 16, "eval_every": 6}},
+    "05_ablation_nodes": {"distill": {"iters": 6, "batch": 16, "eval_every": 6}, "node_counts": [0, 2],
+                          "base_degrade": {"iters": 4, "num_nodes": 2, "batch": 16}, "backtrack_updates": 2,
+                          "spacings": ["early"], "stage1_lengths": [4], "iters_per_node_grid": [2], "seeds": [0, 1]},
+    "06_score_mismatch": {"distill": {"iters": 6, "iters_per_node": 2, "batch": 16, "eval_every": 6},
+                          "seeds": [0, 1], "num_probe": 50},
+}
+
+
+def test_every_notebook_runs_on_digits_through_parameters(tmp_path):
+    """Notebooks 01-06 run on the class-conditional digits setting with parameters only (no notebook copies),
+    and each writes its metrics record with the setting's primary metric, FID."""
+    common = {"profile": "smoke", "setting": "digits", "results_root": str(tmp_path / "results"),
+              "runs_root": str(tmp_path / "runs"), "num_eval": 100, "num_reference": 100,
+              "setting_options": {"classifier_dir": str(tmp_path / "classifier")}}  # trained once, then loaded
+    for notebook, params in DIGITS_TINY.items():
+        pm.execute_notebook(str(ROOT / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / f"{notebook}.ipynb"),
+                            parameters={**common, **params}, kernel_name="disback", cwd=str(ROOT / "notebooks"),
+                            progress_bar=False)
+        record = json.loads((tmp_path / "results" / "smoke" / "metrics" / f"{notebook}__digits.json").read_text())
+        assert record["status"] == "ok" and record["setting"] == "digits", notebook
+        assert record["figures"] and all((tmp_path / "results" / "smoke" / f).is_file() for f in record["figures"])
+    teacher = json.loads((tmp_path / "results" / "smoke" / "metrics" / "01_teacher_setup__digits.json").read_text())
+    assert teacher["primary"] == "fid" and teacher["summary"]["teacher"]["fid"] > 0

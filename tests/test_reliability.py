@@ -46,15 +46,6 @@ def run_pipeline(root: Path):
     disback.backtrack(teacher, path, DISTILL, root / "distill", progress=False)
 
 
-@pytest.fixture
-def one_thread():
-    """Run the test body single-threaded, like the subprocesses, so results compare bitwise."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def teacher():
     return train_teacher(ring_data(), None, TeacherConfig(width=16, depth=1, iters=60, batch=64), progress=False)

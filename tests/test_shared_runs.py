@@ -1,0 +1,106 @@
+"""Runs shared between notebooks: identical requests reuse one finished run, anything different trains anew."""
+import dataclasses
+
+import pytest
+import torch
+
+import disback
+from disback.config import DegradeConfig, DistillConfig, TeacherConfig
+from disback.experiments import Paths, shared_path, shared_runs
+from disback.settings import load_setting
+from disback.teachers import save_teacher, train_teacher
+
+CFG = DistillConfig(iters=6, iters_per_node=2, batch=32, eval_every=3)
+DEGRADE = DegradeConfig(iters=8, num_nodes=3, batch=32)
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    """A tiny teacher, notebook 02's path (in the place notebooks put it) and a counting 2-D setting."""
+    root = tmp_path_factory.mktemp("shared")
+    paths = Paths.make(root / "runs", root / "results", "t", "ring2d")
+    data = load_setting("ring2d", num_train=512, num_reference=200)
+    teacher = train_teacher(data.train, None, TeacherConfig(width=16, depth=1, iters=30, batch=64), progress=False)
+    save_teacher(teacher, paths.teacher)
+    path = disback.record_degradation(teacher, DEGRADE, paths.degradation, progress=False)
+    return paths, teacher, path, data
+
+
+def _counting(data, counter):
+    """The same setting, counting metric evaluations (a reused run evaluates nothing)."""
+    fn = data.metric_fn
+
+    def counted(x, labels):
+        counter.append(1)
+        return fn(x, labels)
+
+    return dataclasses.replace(data, metric_fn=counted)
+
+
+def test_identical_request_reuses_the_finished_run_bitwise(stage, one_thread):
+    """A second notebook asking for the same runs gets the first one's weights and log without training."""
+    paths, teacher, path, data = stage
+    calls = []
+    first = shared_runs(paths, teacher, _counting(data, calls), CFG.replace(backtrack=True), [0, 1], 50, path,
+                        progress=False)
+    trained = len(calls)
+    assert trained == 2 * 3  # evaluations at steps 0, 3, 6 for each seed
+    again = shared_runs(paths, teacher, _counting(data, calls), CFG.replace(backtrack=True), [1], 50, path,
+                        progress=False)
+    assert len(calls) == trained, "a finished shared run was trained or evaluated again"
+    assert again[0].log == first[1].log
+    g1, g2 = first[1].generator.state_dict(), again[0].generator.state_dict()
+    assert all(torch.equal(g1[k], g2[k]) for k in g1)
+    assert first[0].run_dir.parent == again[0].run_dir.parent
+
+
+def test_baselines_differing_only_in_unused_iters_per_node_share_a_run(stage):
+    paths, teacher, _, data = stage
+    a = shared_runs(paths, teacher, data, CFG.replace(iters=2), [0], 50, progress=False)
+    b = shared_runs(paths, teacher, data, CFG.replace(iters=2, iters_per_node=7), [0], 50, progress=False)
+    assert a[0].run_dir == b[0].run_dir
+
+
+@pytest.mark.parametrize("change", ["config", "num_eval", "path", "data", "teacher"])
+def test_anything_the_run_depends_on_gives_another_folder(stage, change):
+    paths, teacher, path, data = stage
+    base = dict(config=CFG.replace(iters=3, iters_per_node=1, backtrack=True), num_eval=50, path=path, data=data, teacher=teacher)
+    other = dict(base)
+    if change == "config":
+        other["config"] = base["config"].replace(lr_gen=3e-4)
+    elif change == "num_eval":
+        other["num_eval"] = 60
+    elif change == "path":
+        other["path"] = disback.record_degradation(teacher, DEGRADE.replace(iters=6), paths.runs / "p2", progress=False)
+    elif change == "data":
+        other["data"] = load_setting("ring2d", num_train=512, num_reference=201)
+    else:
+        t2 = train_teacher(data.train, None, TeacherConfig(width=16, depth=1, iters=31, batch=64), progress=False)
+        other["teacher"], other["path"] = t2, disback.record_degradation(t2, DEGRADE, paths.runs / "p3", progress=False)
+
+    def folder(k):
+        return shared_runs(paths, k["teacher"], k["data"], k["config"], [0], k["num_eval"], k["path"],
+                           progress=False)[0].run_dir.parent
+
+    assert folder(base) != folder(other)
+
+
+def test_a_probed_run_is_retrained_so_the_probe_sees_every_step(stage):
+    paths, teacher, _, data = stage
+    cfg = CFG.replace(iters=3, eval_every=1)
+    shared_runs(paths, teacher, data, cfg, [0], 50, progress=False)
+    steps = []
+    runs = shared_runs(paths, teacher, data, cfg, [0], 50, progress=False,
+                       probe_fn=lambda step, **_: steps.append(step) or {})
+    assert steps == [0, 1, 2, 3]
+    assert [r["step"] for r in runs[0].log if "probe" in r] == [0, 1, 2, 3]
+
+
+def test_shared_path_is_notebook_02s_when_the_config_matches(stage):
+    paths, teacher, path, _ = stage
+    assert shared_path(paths, teacher, DEGRADE, progress=False).root == path.root
+    other = shared_path(paths, teacher, DEGRADE.replace(num_nodes=2), progress=False)
+    assert other.root != path.root and other.num_nodes == 2
+    assert other.root.is_relative_to(paths.runs / "paths")
+    again = shared_path(paths, teacher, DEGRADE.replace(num_nodes=2), progress=False)
+    assert again.nodes == other.nodes  # a finished recording is loaded, not recorded again
