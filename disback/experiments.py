@@ -78,12 +78,23 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
     return x, labels, heun_nfe(steps)
 
 
+PRESENTATION_MODULES = ("plots.py", "report.py")
+
+
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """sha256 of the ``disback`` package's sources: a shared run is only reused by the code that trained it."""
+    return sources_digest(Path(__file__).parent)
+
+
+def sources_digest(package: Path) -> str:
+    """sha256 over a package's ``*.py`` files (names and bytes), leaving out the presentation modules
+    (figures, REPORT.md): restyling a plot does not invalidate any training run."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(f.relative_to(Path(__file__).parent).as_posix().encode())
+    for f in sorted(Path(package).rglob("*.py")):
+        if f.name in PRESENTATION_MODULES:
+            continue
+        h.update(f.relative_to(package).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 

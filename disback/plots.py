@@ -1,6 +1,7 @@
 """Figure style and saving: every figure goes out as PNG and PDF."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -53,12 +54,37 @@ def show_samples(ax, setting, samples, title: str = "", nrow: int = 10) -> None:
         image_grid(ax, samples[: nrow * nrow], nrow, title)
 
 
+def _plain(v, _pos=None) -> str:
+    return f"{v:g}"
+
+
+def log_axis(ax, axis: str = "y") -> None:
+    """A log axis labelled with plain numbers (0.3, 0.5, 1 rather than 3x10^-1). Minor ticks are labelled
+    when the axis spans less than a decade or so (all of them) or a few decades (the 2x and 5x ones)."""
+    from matplotlib.ticker import FuncFormatter
+
+    getattr(ax, f"set_{axis}scale")("log")
+    scale = getattr(ax, f"{axis}axis")
+
+    def minor(v, _pos=None) -> str:
+        lo, hi = sorted(scale.get_view_interval())
+        decades = math.log10(hi / lo) if lo > 0 else math.inf
+        mantissa = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
+        if decades < 0.8 or (decades < 2.5 and mantissa in (2.0, 5.0)):
+            return f"{v:.3g}"
+        return ""
+
+    scale.set_major_formatter(FuncFormatter(_plain))
+    scale.set_minor_formatter(FuncFormatter(minor))
+
+
 def ratio_axis(ax, label: str) -> None:
-    """A log x-axis for ratios: plain tick labels (no overlapping minor labels) and a dashed line at 1."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    """A log x-axis for ratios: plain tick labels at 0.2, 0.5, 1, 2, ... and a dashed line at 1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1, color="0.3", ls="--", lw=1)
     ax.set_xlabel(label)

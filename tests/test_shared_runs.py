@@ -104,3 +104,21 @@ def test_shared_path_is_notebook_02s_when_the_config_matches(stage):
     assert other.root.is_relative_to(paths.runs / "paths")
     again = shared_path(paths, teacher, DEGRADE.replace(num_nodes=2), progress=False)
     assert again.nodes == other.nodes  # a finished recording is loaded, not recorded again
+
+
+def test_the_code_key_follows_the_computation_not_the_plots(tmp_path):
+    """Editing a training module gives new run folders; restyling figures or the report does not."""
+    import shutil
+    from pathlib import Path
+
+    from disback.experiments import PRESENTATION_MODULES, code_fingerprint, sources_digest
+
+    package = tmp_path / "disback"
+    shutil.copytree(Path(disback.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = sources_digest(package)
+    assert before == code_fingerprint()
+    for name in PRESENTATION_MODULES:
+        (package / name).write_text((package / name).read_text() + "\n# restyled\n")
+    assert sources_digest(package) == before
+    (package / "losses.py").write_text((package / "losses.py").read_text() + "\n# changed\n")
+    assert sources_digest(package) != before
