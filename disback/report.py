@@ -159,8 +159,9 @@ def _timings(results: Path, profile: str, root: Path) -> list[str]:
     if all(a and b for a, b in spans):
         elapsed = max(map(datetime.fromisoformat, (b for _, b in spans))) - min(
             map(datetime.fromisoformat, (a for a, _ in spans)))
-        lines.append(f"| **elapsed, first start to last end** (settings run side by side, `JOBS=2`) | "
-                     f"**{elapsed.total_seconds() / 60:.1f} min** | |")
+        settings = sorted({stem.rsplit("__", 1)[-1] for stem, _, _ in rows})
+        how = f" ({len(settings)} settings run side by side)" if len(settings) > 1 else ""
+        lines.append(f"| **elapsed, first start to last end**{how} | **{elapsed.total_seconds() / 60:.1f} min** | |")
     return lines
 
 
