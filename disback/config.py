@@ -15,6 +15,11 @@ from dataclasses import dataclass
 ARCHS = ("mlp", "unet")
 SPACINGS = ("uniform", "early")
 METHODS = ("diff_instruct", "dmd", "dmd2", "sid")
+# Noise-level distributions of the generator loss (disback.diffusion.sample_generator_sigma): "lognormal" is EDM's
+# ln(sigma) ~ N(p_mean, p_std^2) (Diff-Instruct); "karras" is uniform over the indices [2%, 98%] of a 1000-step
+# Karras grid (DMD, DMD2); "sid" is SiD's u ~ U[0, 0.8] on the same rho-curve. "auto" = the method's own.
+SIGMA_DISTS = ("auto", "lognormal", "karras", "sid")
+METHOD_SIGMA_DIST = {"diff_instruct": "lognormal", "dmd": "karras", "dmd2": "karras", "sid": "sid"}
 
 
 def _fail(cls, name, value, allowed):
@@ -119,6 +124,7 @@ class DegradeConfig(_Config):
 class DistillConfig(_Config):
     method: str = "diff_instruct"  # generator loss: diff_instruct (VSD), dmd, dmd2 (dmd + TTUR), sid
     backtrack: bool = False  # DisBack: target the reversed degradation path, fake score starts at its last node
+    fake_from_path: bool = False  # control arm: fake score starts at the path's last node, target = teacher throughout
     iters: int = 1000        # generator updates (stage 2)
     iters_per_node: int = 100  # generator updates on each intermediate node before switching to the next
     batch: int = 256         # generator samples per update
@@ -129,8 +135,13 @@ class DistillConfig(_Config):
     p_mean: float = -1.2     # ln(sigma) distribution of the generator and fake-score losses
     p_std: float = 1.2
     sid_alpha: float = 1.2   # SiD's alpha (only used by method "sid")
+    sigma_dist: str = "auto"  # noise levels of the generator loss (SIGMA_DISTS); "auto" = the method's paper
+    reg_weight: float = 0.0  # DMD's regression term: weight of mean ||G(z) - teacher ODE(z)||^2 (DMD uses 0.25)
+    reg_pairs: int = 1024    # (noise, teacher ODE output) pairs made once per run when reg_weight > 0
+    reg_sigma_max: float = 80.0  # the pairs' ODE starts from reg_sigma_max * z (Heun, 18 steps)
     ema: float = 0.0         # EMA decay of the generator reported at eval (0 = none)
     eval_every: int = 100    # generator updates between metric evaluations (0 = start and end only)
+    snapshot_every: int = 0  # keep the generator's weights every this many updates in snapshots/ (0 = none)
     ckpt_every: int = 0      # generator updates between resumable checkpoints (0 = none)
     seed: int = 0            # generator noise, labels and loss noise
 
@@ -139,5 +150,14 @@ class DistillConfig(_Config):
         _positive(self, "iters", "iters_per_node", "batch", "lr_gen", "lr_fake", "fake_steps",
                   "sigma_init", "p_std")
         self._require("ema", 0 <= self.ema < 1, "in [0, 1)")
-        for n in ("eval_every", "ckpt_every", "seed"):
+        self._require("sigma_dist", self.sigma_dist in SIGMA_DISTS, f"one of {SIGMA_DISTS}")
+        _positive(self, "reg_pairs", "reg_sigma_max")
+        for n in ("eval_every", "snapshot_every", "ckpt_every", "seed", "reg_weight"):
             self._require(n, getattr(self, n) >= 0, ">= 0")
+        self._require("fake_from_path", not (self.fake_from_path and self.backtrack),
+                      "False when backtrack=True (backtracking already starts the fake score at the last node)")
+
+    @property
+    def generator_sigma_dist(self) -> str:
+        """The noise-level distribution the generator loss really uses ("auto" resolved per method)."""
+        return METHOD_SIGMA_DIST[self.method] if self.sigma_dist == "auto" else self.sigma_dist

@@ -1,6 +1,6 @@
 """Stage 1, Degradation Recording: fine-tune a copy of the teacher toward the frozen initial generator.
 
-The loop is the fake-score step alone (the same ``fake_score_step`` that stage 2 uses), run against
+The loop is the fake-score step alone (``steps.fake_score_step``, the one stage 2 uses too), run against
 G0's samples; nodes are saved at the steps given by ``path.node_steps``.
 """
 from __future__ import annotations
@@ -11,34 +11,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import ArtifactError, RunLog, TrainingState, check_finite, fingerprint, write_json
+from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, write_json
 from .config import DegradeConfig
-from .diffusion import sample_sigma
 from .generator import frozen_copy, make_generator
-from .losses import fake_score_loss
 from .path import MANIFEST, DegradationPath, PathWriter, node_steps
-
-
-def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator):
-    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``)."""
-    z = torch.randn((batch, *data_shape), generator=rng)
-    labels = torch.randint(label_dim, (batch,), generator=rng) if label_dim else None
-    return z, labels
-
-
-def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
-                    rng: torch.Generator, step: int, state_dir=None) -> float:
-    """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss."""
-    z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng)
-    with torch.no_grad():
-        x0 = generator(z, labels)
-    sigma = sample_sigma(batch, p_mean, p_std, rng)
-    loss = fake_score_loss(fake_score, x0, sigma, labels, rng)
-    check_finite(loss, step, "fake-score loss", state_dir)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+from .steps import fake_score_step
 
 
 def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool = True) -> DegradationPath:

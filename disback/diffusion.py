@@ -52,6 +52,30 @@ def sample_sigma(n: int, p_mean: float, p_std: float, generator=None, device=Non
     return (torch.randn(n, generator=generator, device=device) * p_std + p_mean).exp()
 
 
+def karras_curve(u: torch.Tensor, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """sigma on EDM's rho-curve at position ``u`` in [0, 1]: sigma_min at u = 0, sigma_max at u = 1."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (lo + u * (hi - lo)) ** rho
+
+
+def sample_generator_sigma(dist: str, n: int, p_mean: float, p_std: float, generator=None) -> torch.Tensor:
+    """Noise levels ``[n]`` of a generator loss, as each method's paper draws them.
+
+    "lognormal": ln(sigma) ~ N(p_mean, p_std^2) (EDM, Diff-Instruct). "karras": a uniform index in [20, 980) of a
+    1000-step Karras grid from 0.002 to 80 (DMD, DMD2's min/max_step_percent 0.02/0.98). "sid": u ~ U[0, 0.8]
+    on the same rho-curve (SiD's t ~ U[0, tmax / 1000] with tmax = 800, read from the high-noise end).
+    """
+    if dist == "lognormal":
+        return sample_sigma(n, p_mean, p_std, generator)
+    if dist == "karras":
+        index = torch.randint(20, 980, (n,), generator=generator)
+        return karras_curve(index.double() / 999).float()
+    if dist == "sid":
+        u = torch.rand(n, generator=generator, dtype=torch.float64) * 0.8
+        return karras_curve(u).float()
+    raise ValueError(f"dist={dist!r}: must be one of ('lognormal', 'karras', 'sid')")
+
+
 def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2, unit loss scale at init."""
     return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2

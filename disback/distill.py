@@ -2,7 +2,9 @@
 
 DisBack (``backtrack``) = this loop with the reversed degradation path as schedule and the fake score
 initialised from the path's last node. A baseline (``distill``) = the same loop with the teacher as the
-constant target and the fake score initialised from the teacher. Nothing else differs.
+constant target and the fake score initialised from the teacher. The control arm (``fake_from_path``) starts
+the fake score at the path's last node as DisBack does but aims at the teacher from the first update: it
+separates the effect of the path from the effect of the fake score's starting point. Nothing else differs.
 """
 from __future__ import annotations
 
@@ -14,17 +16,16 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import ArtifactError, RunLog, TrainingState, check_finite, fingerprint, write_json
+from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_module, load_tensors, save_tensors, \
+    write_json
 from .config import DistillConfig
-from .degrade import draw_latents, fake_score_step
-from .diffusion import sample_sigma
+from .diffusion import heun_nfe
 from .generator import EMA, frozen_copy, make_generator
-from .losses import generator_loss
 from .path import DegradationPath, TargetSchedule
+from .steps import (BACKWARD, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
+                    generator_step, regression_pairs)
 
-# Forward network evaluations per sample: a fake-score step runs G and the fake score; a generator step
-# runs G, the fake score and the target.
-NFE_FAKE_STEP, NFE_GEN_STEP = 2, 3
+SNAPSHOTS = "snapshots"  # generator weights kept every ``snapshot_every`` updates: snapshots/gen_<step>.safetensors
 
 
 @dataclass
@@ -46,11 +47,28 @@ def make_schedule(config: DistillConfig, path: DegradationPath | None) -> Target
     return TargetSchedule.backtracking(path.num_nodes, config.iters_per_node, config.iters)
 
 
-def _check_path(teacher, path: DegradationPath, config: DistillConfig) -> None:
+def _check_path(teacher, path: DegradationPath | None, config: DistillConfig) -> None:
+    if path is None:
+        raise ValueError("fake_from_path=True: needs a DegradationPath (its last node starts the fake score)")
     path.check_teacher(teacher)
     if float(path.config["sigma_init"]) != config.sigma_init:
         raise ArtifactError(f"sigma_init={config.sigma_init!r}: the path was recorded for a generator with "
                             f"sigma_init={path.config['sigma_init']}; they must match")
+
+
+class _Costs:
+    """Running counts of forward network evaluations (``nfe``) and forward-equivalent passes (``cost``)."""
+
+    def __init__(self, config: DistillConfig, nfe: int = 0, cost: int = 0):
+        reg = 1 if config.reg_weight > 0 else 0  # the regression term runs G once more (forward + backward)
+        self.per_update_nfe = config.batch * (config.fake_steps * NFE_FAKE_STEP + NFE_GEN_STEP + reg)
+        self.per_update_cost = config.batch * (config.fake_steps * COST_FAKE_STEP + cost_gen_step(config.method)
+                                               + reg * (1 + BACKWARD))
+        self.nfe, self.cost = nfe, cost
+
+    def update(self) -> None:
+        self.nfe += self.per_update_nfe
+        self.cost += self.per_update_cost
 
 
 def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | None = None,
@@ -66,16 +84,17 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = make_schedule(config, path)
-    if config.backtrack:
+    if config.backtrack or config.fake_from_path:
         _check_path(teacher, path, config)
     write_json(run_dir / "config.json", {**config.to_dict(), "schedule": {
         "nodes": list(schedule.nodes), "switch_steps": list(schedule.switch_steps)}})
     torch.manual_seed(config.seed)
     rng = torch.Generator().manual_seed(config.seed)
 
+    # Networks: G from the teacher; the fake score from the teacher, or (DisBack, control) from the last node.
     generator = make_generator(teacher, config.sigma_init).train()
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
-    if config.backtrack:  # s_phi starts at the last node, which already fits G0.
+    if config.backtrack or config.fake_from_path:
         path.load_node(path.num_nodes, fake)
     target = frozen_copy(teacher)
     ema = EMA(generator, config.ema) if config.ema > 0 else None
@@ -83,11 +102,13 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     opt_fake = torch.optim.Adam(fake.parameters(), lr=config.lr_fake)
     modules = {"generator": generator, "fake": fake, **({"ema": ema.module} if ema else {})}
     optimizers = {"generator": opt_gen, "fake": opt_fake}
+    pairs = regression_pairs(teacher, config.reg_pairs, config.reg_sigma_max) if config.reg_weight > 0 else None
 
     state = TrainingState(run_dir, f"{config.hash()}-{fingerprint(teacher)[:16]}")
     meta = state.load(modules, optimizers, rng)
     start = meta["step"] if meta else 0
-    nfe = meta["extra"]["nfe"] if meta else 0
+    pair_cost = config.reg_pairs * heun_nfe(18) if pairs is not None else 0
+    costs = _Costs(config, *((meta["extra"]["nfe"], meta["extra"].get("cost", 0)) if meta else (pair_cost, pair_cost)))
     log = RunLog(run_dir / "log.jsonl", start)
     eval_gen = ema.module if ema else generator
     active = schedule.node_at(start - 1) if start else 0  # the node the target holds (0 = the teacher)
@@ -95,6 +116,8 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         path.load_node(active, target)
 
     def evaluate(step: int, node: int) -> dict:
+        if config.snapshot_every and step % config.snapshot_every == 0:
+            save_tensors(run_dir / SNAPSHOTS / f"gen_{step:06d}.safetensors", eval_gen.state_dict())
         out = {"metrics": metric_fn(eval_gen)} if metric_fn else {}
         if probe_fn:
             out["probe"] = probe_fn(generator=eval_gen, fake=fake, target=target, node=node, step=step,
@@ -105,60 +128,54 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         first = schedule.node_at(0)
         if probe_fn and first:  # the probe at step 0 sees the first target; the loop then switches to it as usual
             path.load_node(first, target)
-        log.write({"step": 0, "node": first, "nfe": 0, **evaluate(0, first)})
+        log.write({"step": 0, "node": first, "nfe": costs.nfe, "cost": costs.cost, **evaluate(0, first)})
         if probe_fn and first:
             target.load_state_dict(teacher.state_dict())
-    bar = tqdm(range(start, config.iters), desc=f"{config.method}{'+disback' if config.backtrack else ''}",
-               disable=not progress, initial=start, total=config.iters)
+    arm = "+disback" if config.backtrack else "+control" if config.fake_from_path else ""
+    bar = tqdm(range(start, config.iters), desc=f"{config.method}{arm} seed {config.seed}", disable=not progress,
+               initial=start, total=config.iters)
     for step in bar:
-        # Switch target.
-        node = schedule.node_at(step)
-        if node != active:
-            if node == 0:
-                target.load_state_dict(teacher.state_dict())
-            else:
-                path.load_node(node, target)
-            active = node
-            switched = fingerprint(target)[:16]  # logged: proves the target's weights really changed
-        else:
-            switched = None
-
-        # Update fake score (on detached generator samples).
-        for _ in range(config.fake_steps):
-            loss_fake = fake_score_step(fake, opt_fake, generator, config.batch, config.p_mean, config.p_std,
-                                        rng, step + 1, run_dir)
-        nfe += config.fake_steps * NFE_FAKE_STEP * config.batch
-
-        # Update generator.
-        z, labels = draw_latents(config.batch, teacher.data_shape, teacher.label_dim, rng)
-        x0 = generator(z, labels)
-        sigma = sample_sigma(config.batch, config.p_mean, config.p_std, rng)
-        n = torch.randn(x0.shape, generator=rng)
-        fake.requires_grad_(False)
-        loss_gen = generator_loss(config.method, x0, sigma, n, labels, target, fake, config.sid_alpha).mean()
-        fake.requires_grad_(True)
-        check_finite(loss_gen, step + 1, "generator loss", run_dir)
-        opt_gen.zero_grad(set_to_none=True)
-        loss_gen.backward()
-        check_finite(torch.stack([p.grad.norm() for p in generator.parameters() if p.grad is not None]),
-                     step + 1, "generator gradient", run_dir)
-        opt_gen.step()
+        done = step + 1
+        switched = _switch_target(schedule.node_at(step), active, target, teacher, path)
+        active = schedule.node_at(step)
+        for _ in range(config.fake_steps):  # Update fake score (on detached generator samples).
+            loss_fake = fake_score_step(fake, opt_fake, generator, config.batch, config.p_mean, config.p_std, rng,
+                                        done, run_dir)
+        loss_gen = generator_step(generator, opt_gen, target, fake, config, rng, done, run_dir, pairs)
         if ema:
             ema.update(generator)
-        nfe += NFE_GEN_STEP * config.batch
+        costs.update()
 
         # Log, evaluate, checkpoint.
-        done = step + 1
-        record = {"step": done, "node": active, "loss_gen": loss_gen.item(), "loss_fake": loss_fake, "nfe": nfe}
-        if switched:
-            record["target_fingerprint"] = switched
+        record = {"step": done, "node": active, "loss_gen": loss_gen, "loss_fake": loss_fake, "nfe": costs.nfe,
+                  "cost": costs.cost, **({"target_fingerprint": switched} if switched else {})}
         if (config.eval_every and done % config.eval_every == 0) or done == config.iters:
             record.update(evaluate(done, active))
         log.write(record)
-        bar.set_postfix(loss=f"{record['loss_gen']:.3g}", node=active, refresh=False)
+        bar.set_postfix(loss=f"{loss_gen:.3g}", node=active, refresh=False)
         if config.ckpt_every and (done % config.ckpt_every == 0 or done == config.iters):
-            state.save(done, modules, optimizers, rng, {"nfe": nfe})
+            state.save(done, modules, optimizers, rng, {"nfe": costs.nfe, "cost": costs.cost})
     return DistillResult(eval_gen, fake, log.records, schedule, config, run_dir)
+
+
+def _switch_target(node: int, active: int, target, teacher, path) -> str | None:
+    """Load ``node`` into ``target`` when it differs from the ``active`` one; returns the new weights' fingerprint
+    (logged: it proves the target really changed), or ``None`` when nothing switched."""
+    if node == active:
+        return None
+    if node == 0:
+        target.load_state_dict(teacher.state_dict())
+    else:
+        path.load_node(node, target)
+    return fingerprint(target)[:16]
+
+
+def load_snapshot(run_dir, step: int, teacher, sigma_init: float) -> torch.nn.Module:
+    """The generator a run kept at update ``step`` (``DistillConfig.snapshot_every``), ready to sample."""
+    f = Path(run_dir) / SNAPSHOTS / f"gen_{step:06d}.safetensors"
+    generator = make_generator(teacher, sigma_init)
+    load_module(generator, load_tensors(f))
+    return generator.eval().requires_grad_(False)
 
 
 def backtrack(teacher, path: DegradationPath, config: DistillConfig, run_dir, **kwargs) -> DistillResult:

@@ -198,7 +198,7 @@ def save_record(paths: Paths, notebook: str, profile: str, primary: str, summary
 
 def stage1_nfe(path: DegradationPath) -> int:
     """Network evaluations spent recording ``path``: one G0 pass and one fake-score pass per sample and step."""
-    from .distill import NFE_FAKE_STEP
+    from .steps import NFE_FAKE_STEP
 
     return int(path.config["iters"]) * int(path.config["batch"]) * NFE_FAKE_STEP
 

@@ -4,8 +4,11 @@ The statistic (issue 3): for each seed, the first generator update (or network e
 metric reaches ``threshold`` (lower is better), linearly interpolated between the two evaluations that
 bracket the first crossing. A run that never reaches it is *censored* at its budget: its time is set to the
 budget and flagged, so a ratio involving it is a bound, not an estimate. The speed-up of B over A is
-``mean(time_A) / mean(time_B)``; its confidence interval is a percentile bootstrap that resamples seeds
-(paired: both arms of a seed stay together, since they share the seed's initial noise).
+``mean(time_A) / mean(time_B)``. Its reported confidence interval is a paired BCa bootstrap over seeds
+(``scipy.stats.bootstrap``; both arms of a seed stay together, since they share the seed's initial noise). At
+n = 5 seeds any bootstrap interval is narrow (it cannot see more spread than the five seeds show), so beside it
+we keep the plain percentile interval and a Student-t interval of the geometric-mean per-seed ratio
+(``paired_ratio_t``), which widens honestly at small n; a status is only decided when BCa and t agree.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def times_to_threshold(x, curves, threshold: float) -> tuple[np.ndarray, np.ndar
 
 @dataclass(frozen=True)
 class Speedup:
-    """``ratio`` = mean(slow arm's times) / mean(fast arm's times); > 1 means the second arm is faster."""
+    """``ratio`` = mean(times_a) / mean(times_b); > 1 means arm b is faster. ``ci_*`` is the reported (BCa) interval."""
 
     ratio: float
     ci_low: float
@@ -53,6 +56,12 @@ class Speedup:
     n: int
     censored: bool     # some run never reached the threshold: the ratio is a bound, not an estimate
     n_boot: int
+    method: str = "BCa"          # the reported interval: "BCa", or "percentile" where BCa is undefined
+    pct_low: float = float("nan")  # percentile bootstrap interval, for comparison
+    pct_high: float = float("nan")
+    t_ratio: float = float("nan")  # geometric mean of per-seed ratios a_i / b_i, with its Student-t interval
+    t_low: float = float("nan")
+    t_high: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +70,8 @@ class Speedup:
         flag = " (censored: a bound)" if self.censored else ""
         if not np.isfinite(self.ratio):
             return f"n/a (both arms at the threshold from the start, n={self.n})"
-        return f"{self.ratio:.2f}x [{self.ci_low:.2f}, {self.ci_high:.2f}] ({self.level:.0%} CI, n={self.n}){flag}"
+        return (f"{self.ratio:.2f}x [{self.ci_low:.2f}, {self.ci_high:.2f}] ({self.level:.0%} {self.method} CI, "
+                f"n={self.n}; t: [{self.t_low:.2f}, {self.t_high:.2f}]){flag}")
 
 
 def speedup(times_a, times_b, reached_a=None, reached_b=None, level: float = 0.95, n_boot: int = 10000,
@@ -79,8 +89,66 @@ def speedup(times_a, times_b, reached_a=None, reached_b=None, level: float = 0.9
         boot = a[idx].mean(1) / b[idx].mean(1)
         ratio = a.mean() / b.mean()
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if np.isfinite(boot).all() else (np.nan, np.nan)
+    bca_lo, bca_hi = _bca_ratio(a, b, level, n_boot, seed)
+    method = "BCa" if np.isfinite(bca_lo) and np.isfinite(bca_hi) else "percentile"
+    t = paired_ratio_t(a, b, level)
     censored = not (np.all(True if reached_a is None else reached_a) and np.all(True if reached_b is None else reached_b))
-    return Speedup(float(ratio), float(lo), float(hi), level, len(a), bool(censored), n_boot)
+    return Speedup(float(ratio), *(map(float, (bca_lo, bca_hi) if method == "BCa" else (lo, hi))), level, len(a),
+                   bool(censored), n_boot, method, float(lo), float(hi), t["ratio"], t["ci_low"], t["ci_high"])
+
+
+def _bca_ratio(a: np.ndarray, b: np.ndarray, level: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """Paired BCa interval of mean(a) / mean(b) by ``scipy.stats.bootstrap``; (nan, nan) where it is undefined
+    (identical resamples, a zero mean)."""
+    import warnings
+
+    from scipy import stats
+
+    if b.mean() == 0 or np.ptp(a / np.where(b == 0, np.nan, b)) == 0:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")  # DegenerateDataWarning: reported as nan, handled by the caller
+        res = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) / y.mean(axis), paired=True,
+                              vectorized=True, confidence_level=level, n_resamples=n_boot, method="BCa",
+                              random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_ratio_t(a, b, level: float = 0.95) -> dict:
+    """Geometric mean of the per-seed ratios a_i / b_i with a Student-t interval on their logs (nan if any is <= 0)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if (a <= 0).any() or (b <= 0).any() or len(a) < 2:
+        return {"ratio": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": int(len(a))}
+    d = np.log(a) - np.log(b)
+    half = stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return {"ratio": float(np.exp(d.mean())), "ci_low": float(np.exp(d.mean() - half)),
+            "ci_high": float(np.exp(d.mean() + half)), "n": int(len(d))}
+
+
+def final_values(values, fraction: float = 0.25) -> np.ndarray:
+    """Per-seed mean over the last ``fraction`` of the evaluations (rows of ``values`` ``[seeds, evals]``): a
+    one-step generator without EMA oscillates on its plateau, so one evaluation is not its final quality."""
+    values = np.atleast_2d(np.asarray(values, np.float64))
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r}: must be in (0, 1]")
+    k = max(1, int(round(fraction * values.shape[1])))
+    return values[:, -k:].mean(1)
+
+
+def mean_log_metric(steps, values) -> np.ndarray:
+    """Per-seed area under the log-metric curve divided by the span of updates, as exp(.): a geometric-mean
+    metric over the whole run (lower = better and sooner). ``values`` ``[seeds, evals]`` must be > 0."""
+    steps, values = np.asarray(steps, np.float64), np.atleast_2d(np.asarray(values, np.float64))
+    if (values <= 0).any():
+        raise ValueError("values: the log-metric area needs positive metric values")
+    span = steps[-1] - steps[0]
+    if span <= 0:
+        raise ValueError(f"steps: need at least two distinct steps; got {steps.tolist()}")
+    logs = np.log(values)
+    area = ((logs[:, 1:] + logs[:, :-1]) / 2 * np.diff(steps)).sum(1)
+    return np.exp(area / span)
 
 
 def mean_ci(values, level: float = 0.95) -> dict:

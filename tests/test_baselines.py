@@ -13,7 +13,7 @@ import disback
 from disback.checkpoint import fingerprint, read_jsonl
 from disback.config import DistillConfig, TeacherConfig
 from disback.data import GaussianMixture, ring_mixture
-from disback.distill import NFE_FAKE_STEP, NFE_GEN_STEP
+from disback.steps import NFE_FAKE_STEP, NFE_GEN_STEP
 from disback.losses import GENERATOR_LOSSES, dmd, generator_loss, sid
 from disback.metrics import empirical_denoiser, score_mismatch
 from disback.path import DegradationPath, PathWriter

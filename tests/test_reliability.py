@@ -28,7 +28,7 @@ from disback.settings import load_setting
 from disback.teachers import build_denoiser, load_teacher, save_teacher, train_teacher
 
 HERE = Path(__file__).resolve().parent
-DISTILL_MODULE = importlib.import_module("disback.distill")  # ``disback.distill`` is the function
+STEPS_MODULE = importlib.import_module("disback.steps")  # the per-step functions both stages share
 TEACHER = TeacherConfig(width=16, depth=1, iters=150, batch=64, ckpt_every=1)
 DEGRADE = DegradeConfig(iters=60, num_nodes=3, batch=64, ckpt_every=1)
 DISTILL = DistillConfig(iters=60, iters_per_node=10, batch=64, eval_every=0, ckpt_every=1)
@@ -329,7 +329,7 @@ def test_nan_in_fake_score_loss_stops_degradation(teacher, tmp_path, monkeypatch
     """A NaN fake-score loss at stage-1 step 5 names step 5 and checkpoint 4; the resumed path equals a clean one."""
     cfg = DEGRADE.replace(iters=8, num_nodes=4, batch=16, ckpt_every=1)
     with monkeypatch.context() as m:
-        _poison(m, disback.degrade, "fake_score_loss", 5)
+        _poison(m, disback.steps, "fake_score_loss", 5)
         with pytest.raises(FloatingPointError,
                            match=r"non-finite fake-score loss at step 5; last good checkpoint: step 4"):
             disback.record_degradation(teacher, cfg, tmp_path / "run", progress=False)
@@ -343,7 +343,7 @@ def test_nan_in_generator_loss_stops_distillation(teacher, path, tmp_path, monke
     """A NaN generator loss at update 6 names update 6 and checkpoint 3; the resumed run equals a clean one."""
     cfg = DISTILL.replace(iters=9, iters_per_node=2, batch=16, ckpt_every=3)
     with monkeypatch.context() as m:
-        _poison(m, DISTILL_MODULE, "generator_loss", 6)
+        _poison(m, STEPS_MODULE, "generator_loss", 6)
         with pytest.raises(FloatingPointError,
                            match=r"non-finite generator loss at step 6; last good checkpoint: step 3"):
             disback.backtrack(teacher, path, cfg, tmp_path / "run", progress=False)

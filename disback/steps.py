@@ -1,0 +1,82 @@
+"""The per-step functions both stages share: latents, the fake-score update, the generator update, and the cost
+of each in network passes.
+
+Stage 1 (``degrade.py``) is ``fake_score_step`` alone against the frozen G0; stage 2 and every baseline
+(``distill.py``) alternate ``fake_score_step`` and ``generator_step``. Costs count forward network evaluations
+(``nfe``) and, for the compute figure, forward-equivalent passes with a backward pass counted as two forwards
+(``cost``): SiD back-propagates through both denoisers, the other losses through the generator alone.
+"""
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import check_finite
+from .diffusion import edm_sampler, sample_generator_sigma, sample_sigma
+from .generator import seeded_labels, seeded_noise
+from .losses import fake_score_loss, generator_loss
+
+BACKWARD = 2  # a backward pass costs about two forward passes
+# Forward evaluations per sample. Fake-score step: G and the fake score. Generator step: G, the fake score, the target.
+NFE_FAKE_STEP, NFE_GEN_STEP = 2, 3
+COST_FAKE_STEP = 1 + (1 + BACKWARD)  # G forward; fake score forward + backward
+GRAD_THROUGH_DENOISERS = {"sid": 2}  # losses whose gradient flows back through the fake score and the target
+
+
+def cost_gen_step(method: str) -> int:
+    """Forward-equivalent passes per sample of one generator update of ``method``."""
+    through = GRAD_THROUGH_DENOISERS.get(method, 0)
+    return (1 + BACKWARD) + 2 + through * BACKWARD
+
+
+def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator):
+    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``)."""
+    z = torch.randn((batch, *data_shape), generator=rng)
+    labels = torch.randint(label_dim, (batch,), generator=rng) if label_dim else None
+    return z, labels
+
+
+def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
+                    rng: torch.Generator, step: int, state_dir=None) -> float:
+    """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss."""
+    z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng)
+    with torch.no_grad():
+        x0 = generator(z, labels)
+    sigma = sample_sigma(batch, p_mean, p_std, rng)
+    loss = fake_score_loss(fake_score, x0, sigma, labels, rng)
+    check_finite(loss, step, "fake-score loss", state_dir)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def generator_step(generator, optimizer, target, fake_score, config, rng: torch.Generator, step: int,
+                   state_dir=None, pairs=None) -> float:
+    """One score-distillation update of ``generator`` toward ``target`` (Diff-Instruct / DMD / SiD), plus DMD's
+    regression on ``pairs`` when ``config.reg_weight > 0``; returns the loss."""
+    z, labels = draw_latents(config.batch, fake_score.data_shape, fake_score.label_dim, rng)
+    x0 = generator(z, labels)
+    sigma = sample_generator_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std, rng)
+    n = torch.randn(x0.shape, generator=rng)
+    fake_score.requires_grad_(False)
+    loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
+    fake_score.requires_grad_(True)
+    if config.reg_weight > 0:  # DMD's regression toward the teacher's ODE output for the same noise.
+        idx = torch.randint(len(pairs["z"]), (config.batch,), generator=rng)
+        labels_p = None if pairs["labels"] is None else pairs["labels"][idx]
+        err = (generator(pairs["z"][idx], labels_p) - pairs["x"][idx]) ** 2
+        loss = loss + config.reg_weight * err.flatten(1).mean(1).mean()
+    check_finite(loss, step, "generator loss", state_dir)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    check_finite(torch.stack([p.grad.norm() for p in generator.parameters() if p.grad is not None]),
+                 step, "generator gradient", state_dir)
+    optimizer.step()
+    return loss.item()
+
+
+def regression_pairs(teacher, num: int, sigma_max: float, steps: int = 18, seed_offset: int = 5 * 10 ** 6) -> dict:
+    """DMD's paired set: per-seed noise ``z`` and the teacher's Heun ODE output from ``sigma_max * z``."""
+    seeds = range(seed_offset, seed_offset + num)
+    z, labels = seeded_noise(seeds, teacher.data_shape), seeded_labels(seeds, teacher.label_dim)
+    return {"z": z, "labels": labels, "x": edm_sampler(teacher, z, labels, num_steps=steps, sigma_max=sigma_max)}
