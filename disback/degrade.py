@@ -9,12 +9,12 @@ import copy
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, write_json
 from .config import DegradeConfig
 from .generator import frozen_copy, make_generator
 from .path import MANIFEST, DegradationPath, PathWriter, node_steps
+from .progress import bar as progress_bar
 from .steps import fake_score_step
 
 
@@ -43,7 +43,7 @@ def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool =
     log = RunLog(run_dir / "log.jsonl", start)
     if not writer.manifest["nodes"]:
         writer.add(degraded, 0)  # node 0 is the teacher itself
-    bar = tqdm(range(start, config.iters), desc="degradation", disable=not progress, initial=start,
+    bar = progress_bar(range(start, config.iters), desc="degradation", disable=not progress, initial=start,
                total=config.iters)
     for step in bar:
         loss = fake_score_step(degraded, opt, generator0, config.batch, config.p_mean, config.p_std, rng,

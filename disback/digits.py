@@ -84,4 +84,5 @@ def load_digits_setting(num_reference: int = 2000, seed: int = 0, size: int = 8,
             "classifier_accuracy": classifier.accuracy,
             "fid_real_floor": fid(reference, train, classifier=classifier)}  # held-out vs train: real data's FID
     metric_fn.classifier = classifier  # for notebooks that look at per-class results
-    return Setting("digits", train, train_labels, reference, reference_labels, metric_fn, "fid", info=info)
+    return Setting("digits", train, train_labels, reference, reference_labels, metric_fn, "fid", info=info,
+                   distance_fn=lambda a, b: fid(a, b, classifier=classifier))

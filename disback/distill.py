@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_module, load_tensors, save_tensors, \
     write_json
@@ -22,6 +21,7 @@ from .config import DistillConfig
 from .diffusion import heun_nfe
 from .generator import EMA, frozen_copy, make_generator
 from .path import DegradationPath, TargetSchedule
+from .progress import bar as progress_bar
 from .steps import (BACKWARD, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
                     generator_step, regression_pairs)
 
@@ -132,8 +132,8 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         if probe_fn and first:
             target.load_state_dict(teacher.state_dict())
     arm = "+disback" if config.backtrack else "+control" if config.fake_from_path else ""
-    bar = tqdm(range(start, config.iters), desc=f"{config.method}{arm} seed {config.seed}", disable=not progress,
-               initial=start, total=config.iters)
+    bar = progress_bar(range(start, config.iters), desc=f"{config.method}{arm} seed {config.seed}",
+                       disable=not progress, initial=start, total=config.iters)
     for step in bar:
         done = step + 1
         switched = _switch_target(schedule.node_at(step), active, target, teacher, path)

@@ -1,4 +1,4 @@
-"""What the notebooks share: run folders, loading stage outputs, multi-seed runs and their summaries."""
+"""What the notebooks share: run folders, loading stage outputs, multi-seed runs shared between notebooks, records."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .checkpoint import ArtifactError, fingerprint, write_json
@@ -78,7 +77,8 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
     return x, labels, heun_nfe(steps)
 
 
-PRESENTATION_MODULES = ("plots.py", "report.py")
+# Modules that only analyse or present finished runs: editing them retrains nothing.
+PRESENTATION_MODULES = ("plots.py", "report.py", "analysis.py", "bench.py")
 
 
 @lru_cache(maxsize=1)
@@ -109,26 +109,32 @@ def _data_fingerprint(setting: Setting) -> str:
 
 
 def shared_runs(paths: Paths, teacher, setting: Setting, config: DistillConfig, seeds, num_eval: int,
-                path: DegradationPath | None = None, progress: bool = True, probe_fn=None) -> list:
+                path: DegradationPath | None = None, progress: bool = True, probe_fn=None,
+                probe_name: str | None = None) -> list:
     """``run_seeds`` in a folder named by everything the runs depend on, so notebooks share identical runs.
 
     The folder ``runs/<profile>/<setting>/distill/<key>`` is keyed by the config (seed aside), the teacher's and
     the path's weights, the data and reference set, ``num_eval`` and the library's source code. A finished seed
     found there is loaded instead of retrained (bitwise the same result: runs are deterministic), an interrupted
-    one resumes. A run with a ``probe_fn`` is always retrained from scratch so that the probe sees every step;
-    notebooks that ask for the same runs later reuse it. The key is also written to ``key.json`` there.
+    one resumes. A run with a ``probe_fn`` logs the probe too: with a ``probe_name`` (part of the key) it is shared
+    like any other run, without one it is retrained from scratch so that the probe sees every step. The key is
+    also written to ``key.json`` there. Only the runs that need the path (backtracking, the control arm) key it.
     """
     if not config.backtrack:  # iters_per_node is unused without a path: do not let it split identical runs
         config = config.replace(iters_per_node=DistillConfig.iters_per_node)
+    if not (config.backtrack or config.fake_from_path):
+        path = None
     config = config.replace(ckpt_every=config.ckpt_every or config.iters)  # a finished run keeps its final state
     key = {"config": config.replace(seed=0).to_dict(), "teacher": fingerprint(teacher),
            "path": None if path is None else {"config": path.config, "nodes": [n["sha256"] for n in path.nodes]},
-           "data": _data_fingerprint(setting), "num_eval": int(num_eval), "code": code_fingerprint()}
+           "data": _data_fingerprint(setting), "num_eval": int(num_eval), "code": code_fingerprint(),
+           **({"probe": probe_name} if probe_name else {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    root = paths.runs / "distill" / f"{config.method}{'-disback' if config.backtrack else ''}-{digest}"
+    arm = "-disback" if config.backtrack else "-control" if config.fake_from_path else ""
+    root = paths.runs / "distill" / f"{config.method}{arm}-{digest}"
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "key.json", key)
-    if probe_fn is not None:
+    if probe_fn is not None and probe_name is None:
         for seed in seeds:
             shutil.rmtree(root / f"seed{seed}", ignore_errors=True)
     return run_seeds(teacher, setting, config, seeds, root, num_eval, path, progress, probe_fn)
@@ -154,26 +160,17 @@ def shared_path(paths: Paths, teacher, config: DegradeConfig, progress: bool = T
 def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root: Path, num_eval: int,
               path: DegradationPath | None = None, progress: bool = True, probe_fn=None) -> list:
     """``distill`` once per seed (into ``run_root/seed<k>``); returns the per-seed ``DistillResult``s."""
-    if config.backtrack and path is None:
-        raise ArtifactError("backtrack=True needs the degradation path (run notebook 02 first)")
-    return [distill(teacher, config.replace(seed=int(seed)), Path(run_root) / f"seed{seed}", path=path,
-                    metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress, probe_fn=probe_fn)
-            for seed in seeds]
+    if (config.backtrack or config.fake_from_path) and path is None:
+        raise ArtifactError("backtrack / fake_from_path need the degradation path (run notebook 02 first)")
+    from .progress import RunCounter
 
-
-def metric_curve(logs: list[list[dict]], metric: str):
-    """Steps and the ``[seeds, evals]`` array of ``metric`` at the evaluated steps common to all logs."""
-    steps = sorted(set.intersection(*({r["step"] for r in log if "metrics" in r} for log in logs)))
-    values = np.array([[next(r["metrics"][metric] for r in log if r["step"] == s) for s in steps] for log in logs])
-    return np.array(steps), values
-
-
-def final_summary(logs: list[list[dict]], metric: str) -> dict:
-    """Mean, std (ddof=1), min and max over seeds of ``metric`` at the last evaluation."""
-    _, values = metric_curve(logs, metric)
-    last = values[:, -1]
-    return {"mean": float(last.mean()), "std": float(last.std(ddof=1)) if len(last) > 1 else 0.0,
-            "min": float(last.min()), "max": float(last.max()), "n": int(len(last)), "per_seed": last.tolist()}
+    counter, results = RunCounter(len(seeds), f"{Path(run_root).name}"), []
+    for seed in seeds:
+        results.append(distill(teacher, config.replace(seed=int(seed)), Path(run_root) / f"seed{seed}", path=path,
+                               metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress,
+                               probe_fn=probe_fn))
+        counter.step(f"seed {seed}")
+    return results
 
 
 @torch.no_grad()
@@ -185,6 +182,14 @@ def dsm_loss(denoiser, x0: torch.Tensor, labels=None, p_mean: float = -1.2, p_st
     return float(denoising_loss(denoiser, x0, sample_sigma(len(x0), p_mean, p_std, g), labels, g).mean())
 
 
+def read_record(paths: Paths, notebook: str) -> dict:
+    """The metrics record another notebook of this profile and setting wrote (run that notebook first)."""
+    f = paths.metrics(notebook)
+    if not f.is_file():
+        raise ArtifactError(f"{f} is missing: run notebooks/{notebook}.ipynb for setting {paths.setting!r} first")
+    return json.loads(f.read_text())
+
+
 def save_record(paths: Paths, notebook: str, profile: str, primary: str, summary: dict, figures=(), tables=()) -> Path:
     """Write ``metrics/<notebook>__<setting>.json``: what REPORT.md reads (figure/table paths relative to results)."""
     from .results import save_metrics
@@ -194,27 +199,3 @@ def save_record(paths: Paths, notebook: str, profile: str, primary: str, summary
         "notebook": notebook, "setting": paths.setting, "profile": profile, "status": "ok", "primary": primary,
         "summary": summary, "figures": [r for r in rel if r.endswith(".png")],
         "tables": [r for r in rel if r.endswith(".md")]})
-
-
-def stage1_nfe(path: DegradationPath) -> int:
-    """Network evaluations spent recording ``path``: one G0 pass and one fake-score pass per sample and step."""
-    from .steps import NFE_FAKE_STEP
-
-    return int(path.config["iters"]) * int(path.config["batch"]) * NFE_FAKE_STEP
-
-
-def convergence(results: list, metric: str, threshold: float, nfe_offset: int = 0) -> dict:
-    """Curves of ``metric`` over seeds and each seed's time to ``threshold``, in updates and in network evaluations.
-
-    ``nfe_offset`` is added to the evaluation count (the stage-1 cost, to charge DisBack for its path).
-    """
-    from .stats import times_to_threshold
-
-    logs = [r.log for r in results]
-    steps, values = metric_curve(logs, metric)
-    nfe_by_step = {r["step"]: r["nfe"] for r in logs[0]}
-    nfe = np.array([nfe_by_step[int(s)] for s in steps], np.float64) + nfe_offset
-    t_steps, reached = times_to_threshold(steps, values, threshold)
-    t_nfe, _ = times_to_threshold(nfe, values, threshold)
-    return {"steps": steps, "nfe": nfe, "values": values, "threshold": threshold, "updates": t_steps,
-            "evaluations": t_nfe, "reached": reached}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+
+import numpy as np
 from pathlib import Path
 
 import matplotlib
@@ -92,7 +94,7 @@ def ratio_axis(ax, label: str) -> None:
 
 def plot_band(ax, steps, values, label: str, color=None) -> None:
     """Mean over seeds (rows of ``values``) with a band of +- one standard deviation."""
-    import numpy as np
+
 
     values = np.asarray(values)
     mean = values.mean(0)
@@ -111,3 +113,32 @@ def shade_nodes(ax, schedule, iters: int) -> None:
             ax.axvspan(lo, hi, color=cmap(node / top), alpha=0.12, lw=0)
             ax.text((lo + hi) / 2, 0.98, f"node {node}", transform=ax.get_xaxis_transform(), ha="center",
                     va="top", fontsize=7, color="0.3")
+
+
+def _xerr(s: dict, lo: str = "ci_low", hi: str = "ci_high"):
+    return [[max(s["ratio"] - s[lo], 0)], [max(s[hi] - s["ratio"], 0)]]
+
+
+def speedup_errorbars(ax, entries, title: str = "", xlabel: str = "speed-up over the baseline (>1: faster)") -> None:
+    """One row per ``(label, speedup dict)``: the ratio with its BCa interval (thick) and t interval (thin);
+    an open marker where some run never reached the threshold (the ratio is then a bound)."""
+    for i, (label, s, color) in enumerate(entries):
+        if not np.isfinite(s["ratio"]):
+            continue
+        if np.isfinite(s.get("t_low", np.nan)):
+            ax.errorbar(s["ratio"], i, xerr=_xerr(s, "t_low", "t_high"), fmt="none", ecolor=color, lw=0.8,
+                        capsize=2, alpha=0.6)
+        ax.errorbar(s["ratio"], i, xerr=_xerr(s), fmt="o", color=color, lw=2.2, capsize=3,
+                    mfc="white" if s["censored"] else color)
+    ratio_axis(ax, xlabel)
+    ax.set(yticks=range(len(entries)), yticklabels=[e[0] for e in entries], ylim=(-0.6, len(entries) - 0.4),
+           title=title)
+
+
+def ratio_band(ax, x, rows: list[dict], label: str, color=None) -> None:
+    """A ratio curve over ``x`` with its interval as a band (rows carry ratio, ci_low, ci_high)."""
+    r = np.array([row["ratio"] for row in rows], dtype=float)
+    lo = np.array([row["ci_low"] for row in rows], dtype=float)
+    hi = np.array([row["ci_high"] for row in rows], dtype=float)
+    line, = ax.plot(x, r, "o-", label=label, color=color, lw=1.6, ms=4)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)

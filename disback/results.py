@@ -30,21 +30,26 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _columns(rows: list[dict]) -> list:
+    """Every key of ``rows`` in first-seen order (rows may leave some columns empty)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
 def markdown_table(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    cols = _columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def save_table(rows: list[dict], stem) -> list[Path]:
-    """Write ``stem.csv`` and ``stem.md`` from a list of same-keyed dicts."""
+    """Write ``stem.csv`` and ``stem.md`` from a list of dicts (a missing key is an empty cell)."""
     if not rows:
         raise ValueError("save_table: rows is empty")
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=_columns(rows))
         w.writeheader()
         w.writerows(rows)
     stem.with_suffix(".md").write_text(markdown_table(rows))

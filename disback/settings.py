@@ -11,7 +11,7 @@ import torch
 
 from .data import ring_mixture
 from .generator import generate
-from .metrics import sample_metrics_2d
+from .metrics import sample_metrics_2d, wasserstein2
 
 SETTINGS = ("ring2d", "digits")
 
@@ -26,6 +26,7 @@ class Setting:
     metric_fn: Callable                   # (samples, labels) -> {name: float}
     primary: str                          # the headline metric (lower is better)
     exact: object = None                  # an exact denoiser with .score, when one exists (2-D)
+    distance_fn: Callable | None = None   # (samples_a, samples_b) -> the primary metric between two sample sets
     info: dict = field(default_factory=dict)  # what the setting is, for reports
 
     @property
@@ -52,7 +53,7 @@ def load_setting(name: str, num_train: int = 20000, num_reference: int = 2000, s
         train = mix.sample(num_train, torch.Generator().manual_seed(seed))
         ref = mix.sample(num_reference, torch.Generator().manual_seed(seed + 1))
         return Setting(name, train, None, ref, None, lambda x, _labels: sample_metrics_2d(x, ref, mix), "w2",
-                       exact=mix, info={"description": "8-mode ring mixture, weights 1:2:...:8", "std": mix.std})
+                       exact=mix, distance_fn=wasserstein2, info={"description": "8-mode ring mixture, weights 1:2:...:8", "std": mix.std})
     if name == "digits":
         from .digits import load_digits_setting  # images: built by disback.digits
 

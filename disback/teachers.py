@@ -5,7 +5,6 @@ import hashlib
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import (ArtifactError, TrainingState, check_finite, fingerprint, load_module, load_tensors, read_json,
                          save_tensors, write_json)
@@ -13,6 +12,7 @@ from .config import TeacherConfig
 from .diffusion import EDMPrecond, denoising_loss, sample_sigma
 from .generator import EMA
 from .networks import build_backbone
+from .progress import bar as progress_bar
 
 
 def build_denoiser(config: TeacherConfig, data_shape, sigma_data: float, label_dim: int = 0) -> EDMPrecond:
@@ -67,7 +67,8 @@ def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config
         if meta:
             start = meta["step"]
             sched.load_state_dict(meta["extra"]["scheduler"])
-    bar = tqdm(range(start, config.iters), desc="teacher", disable=not progress, initial=start, total=config.iters)
+    bar = progress_bar(range(start, config.iters), desc="teacher", disable=not progress, initial=start,
+                       total=config.iters)
     for step in bar:
         idx = torch.randint(len(data), (config.batch,), generator=rng)
         sigma = sample_sigma(config.batch, config.p_mean, config.p_std, rng)
