@@ -8,14 +8,13 @@ Metrics of generated digits (lower FID is better):
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import torch
 from scipy.linalg import LinAlgWarning
 
-from .checkpoint import ArtifactError
+from .checkpoint import ArtifactError, tensor_digest
 from .data import load_digits
 from .fid import ClassifierConfig, class_accuracy, fid, load_classifier, save_classifier, train_classifier
 from .metrics import frechet_distance_samples
@@ -24,20 +23,12 @@ from .settings import Setting
 OPTIONS = ("size", "classifier_dir", "held_out")
 
 
-def _data_hash(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def digits_classifier(train, train_labels, held, held_labels, config: ClassifierConfig, directory=None):
     """The feature classifier: loaded from ``directory`` if this config and data were trained there, else trained
     (seconds) and, with a ``directory``, saved into a subfolder named after the config and data hashes."""
     if directory is None:
         return train_classifier(train, train_labels, held, held_labels, config)
-    data_hash = _data_hash(train, train_labels, held, held_labels)
+    data_hash = tensor_digest(train, train_labels, held, held_labels)
     folder = Path(directory) / f"digits{config.size}px-{config.hash()}-{data_hash[:12]}"
     if (folder / "classifier.json").is_file():
         clf = load_classifier(folder)
