@@ -20,6 +20,7 @@ class ArtifactError(ValueError):
 
 
 def sha256_file(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -65,6 +66,7 @@ def _atomic(path: Path, write):
 
 
 def write_json(path, obj) -> None:
+    """Atomically write ``obj`` as indented, key-sorted JSON."""
     def w(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
@@ -120,6 +122,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, di
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str) -> None:
+    """Inverse of ``optimizer_tensors``: load the ``prefix``-named tensors and the hyperparameters into ``opt``."""
     state: dict = {}
     for key, v in tensors.items():
         if key.startswith(prefix + "."):

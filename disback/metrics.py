@@ -22,6 +22,7 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
 
 
 def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of features ``[N, D]``: the Gaussian FID fits."""
     f = np.asarray(features, np.float64)
     return f.mean(0), np.cov(f, rowvar=False)
 
