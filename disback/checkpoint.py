@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ class ArtifactError(ValueError):
 
 
 def sha256_file(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -26,14 +28,32 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def tensor_digest(*tensors, extra: bytes | str = b"", shapes: bool = True) -> str:
+    """sha256 of ``extra``, then of each tensor's shape (unless ``shapes=False``) and raw bytes, in order.
+
+    ``None`` is skipped; a mapping ``{name: tensor}`` is hashed in sorted name order, each name before its tensor.
+    The dtype is not hashed (pass it in ``extra`` where it matters).
+    """
+    h = hashlib.sha256(extra.encode() if isinstance(extra, str) else extra)
+
+    def add(t: torch.Tensor) -> None:
+        if shapes:
+            h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+    for t in tensors:
+        if isinstance(t, Mapping):
+            for name, v in sorted(t.items()):
+                h.update(name.encode())
+                add(v)
+        elif t is not None:
+            add(t)
+    return h.hexdigest()
+
+
 def fingerprint(module: torch.nn.Module) -> str:
     """sha256 of a module's weights (names, shapes and bytes), independent of any file."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return tensor_digest(module.state_dict())
 
 
 def _atomic(path: Path, write):
@@ -46,6 +66,7 @@ def _atomic(path: Path, write):
 
 
 def write_json(path, obj) -> None:
+    """Atomically write ``obj`` as indented, key-sorted JSON."""
     def w(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
@@ -101,6 +122,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, di
 
 
 def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str) -> None:
+    """Inverse of ``optimizer_tensors``: load the ``prefix``-named tensors and the hyperparameters into ``opt``."""
     state: dict = {}
     for key, v in tensors.items():
         if key.startswith(prefix + "."):

@@ -107,8 +107,11 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     state = TrainingState(run_dir, f"{config.hash()}-{fingerprint(teacher)[:16]}")
     meta = state.load(modules, optimizers, rng)
     start = meta["step"] if meta else 0
-    pair_cost = config.reg_pairs * heun_nfe(18) if pairs is not None else 0
-    costs = _Costs(config, *((meta["extra"]["nfe"], meta["extra"].get("cost", 0)) if meta else (pair_cost, pair_cost)))
+    if meta:
+        costs = _Costs(config, meta["extra"]["nfe"], meta["extra"].get("cost", 0))
+    else:  # DMD's regression pairs are paid up front: one teacher ODE solve each
+        pair_cost = config.reg_pairs * heun_nfe(18) if pairs is not None else 0
+        costs = _Costs(config, pair_cost, pair_cost)
     log = RunLog(run_dir / "log.jsonl", start)
     eval_gen = ema.module if ema else generator
     active = schedule.node_at(start - 1) if start else 0  # the node the target holds (0 = the teacher)

@@ -22,6 +22,7 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
 
 
 def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of features ``[N, D]``: the Gaussian FID fits."""
     f = np.asarray(features, np.float64)
     return f.mean(0), np.cov(f, rowvar=False)
 
@@ -87,7 +88,8 @@ def score_mismatch(denoiser_a, denoiser_b, x0: torch.Tensor, sigmas, labels=None
     """sigma^2-weighted score mismatch per dimension, E ||sigma (s_a - s_b)(x0 + sigma n)||^2 / dim, at each sigma.
 
     With scores from denoisers, sigma (s_a - s_b) = (D_a - D_b) / sigma. ``x0`` are the points the mismatch is
-    measured at (the generator's samples): where the generator update evaluates the scores.
+    measured at (the generator's samples): where the generator update evaluates the scores. Keyed by
+    ``str(float(sigma))`` (e.g. ``"0.25"``), as JSON writes a float key, so a logged result reads back the same.
     """
     g = torch.Generator().manual_seed(seed)
     out = {}
@@ -95,7 +97,7 @@ def score_mismatch(denoiser_a, denoiser_b, x0: torch.Tensor, sigmas, labels=None
         x = x0 + sigma * torch.randn(x0.shape, generator=g)
         call = [d(x, sigma) if labels is None or getattr(d, "label_dim", 0) == 0 else d(x, sigma, labels)
                 for d in (denoiser_a, denoiser_b)]
-        out[float(sigma)] = float(((call[0] - call[1]) ** 2).flatten(1).mean(1).mean() / sigma ** 2)
+        out[str(float(sigma))] = float(((call[0] - call[1]) ** 2).flatten(1).mean(1).mean() / sigma ** 2)
     return out
 
 

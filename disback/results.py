@@ -2,32 +2,20 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from .checkpoint import write_json
 
 
-def results_dir(root, profile: str) -> Path:
-    d = Path(root) / profile
-    for sub in ("metrics", "tables", "figures"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    return d
-
-
 def save_metrics(path, obj: dict) -> Path:
+    """Atomically write ``obj`` as sorted, indented JSON; returns the path."""
     write_json(path, obj)
     return Path(path)
 
 
-def load_metrics(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+def fmt_number(v) -> str:
+    """A float to 4 significant digits (``0.1235``, ``1.235e+04``); anything else as ``str``."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _columns(rows: list[dict]) -> list:
@@ -36,9 +24,10 @@ def _columns(rows: list[dict]) -> list:
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """A Markdown table of dicts, columns in first-seen key order, floats by ``fmt_number``."""
     cols = _columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt_number(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -1,13 +1,12 @@
 """Teachers: trained here on any data tensor by denoising score matching, saved and loaded as safetensors."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from .checkpoint import (ArtifactError, TrainingState, check_finite, fingerprint, load_module, load_tensors, read_json,
-                         save_tensors, write_json)
+                         save_tensors, tensor_digest, write_json)
 from .config import TeacherConfig
 from .diffusion import EDMPrecond, denoising_loss, sample_sigma
 from .generator import EMA
@@ -36,11 +35,7 @@ def _check_data(data, labels):
 
 def _data_hash(data: torch.Tensor, labels: torch.Tensor | None) -> str:
     """sha256 of the training data (and labels): a resumed run must see the same data."""
-    h = hashlib.sha256(str((tuple(data.shape), str(data.dtype))).encode())
-    h.update(data.detach().cpu().contiguous().numpy().tobytes())
-    if labels is not None:
-        h.update(labels.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return tensor_digest(data, labels, extra=str((tuple(data.shape), str(data.dtype))), shapes=False)
 
 
 def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config: TeacherConfig = TeacherConfig(),

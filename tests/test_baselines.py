@@ -4,6 +4,7 @@ Every generator update is checked against a hand-derived closed form on exact Ga
 D(x) = mu + c (x - mu), c = s^2 / (s^2 + sigma^2), and checked to move a Gaussian generator toward the target.
 """
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -181,8 +182,10 @@ def test_score_mismatch_closed_form_between_two_gaussians():
     """Exact denoisers of N(a, s^2) and N(b, s^2): sigma (s_a - s_b) = (1 - c)(a - b) / sigma everywhere."""
     a, b = gauss([0.0, 0.0]), gauss([0.6, -0.8])
     x = torch.randn(200, 2)
-    got = score_mismatch(a, b, x, [0.3, 1.0])
+    got = score_mismatch(a, b, x, [0.3, 1])
+    assert list(got) == ["0.3", "1.0"] and json.loads(json.dumps(got)) == got  # keys survive a JSON round trip
     for sigma, v in got.items():
+        sigma = float(sigma)
         assert v == pytest.approx((1 - shrink(sigma)) ** 2 * 1.0 / 2 / sigma ** 2, rel=1e-4)  # |a - b|^2 = 1
 
 
@@ -193,7 +196,7 @@ def test_empirical_denoiser_estimates_the_distribution_score():
     kde = empirical_denoiser(exact.sample(4000, g))
     x = exact.sample(500, g)
     for sigma, v in score_mismatch(exact, kde, x, [0.5, 1.0]).items():
-        ref = score_mismatch(exact, gauss([0.0, 0.0]), x, [sigma])[sigma]  # a clearly wrong score, for scale
+        ref = score_mismatch(exact, gauss([0.0, 0.0]), x, [float(sigma)])[sigma]  # a clearly wrong score, for scale
         assert v < 0.05 * ref, (sigma, v, ref)
 
 

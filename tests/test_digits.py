@@ -1,5 +1,8 @@
 """The digits setting: data split, UNet backbone, torch-fidelity FID against closed forms, classifier, bad inputs."""
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +14,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from disback.config import TeacherConfig
 from disback.data import load_digits
-from disback.digits import digits_classifier, load_digits_setting
-from disback.fid import ClassifierConfig, class_accuracy, fid, fid_datasets, to_uint8
+from disback.digits import ClassifierConfig, class_accuracy, digits_classifier, load_digits_setting
+from disback.fid import fid, fid_datasets, to_uint8
 from disback.metrics import frechet_distance, gaussian_stats
 from disback.networks import build_backbone
 from disback.networks.unet import UNetBackbone
@@ -225,6 +228,17 @@ def test_classifier_is_cached_and_reloaded(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     fresh = digits_classifier(*data, config)  # deterministic: retraining gives the same accuracy
     assert fresh.accuracy == first.accuracy
+    x, y = data[0][:50], data[2][:50]
+    assert fid(x, y, weights_path=folder) == fid(x, y, classifier=first)  # the saved folder as the extractor
+
+
+def test_fid_registers_the_digits_extractor_without_importing_digits_first():
+    """``disback.fid`` alone does not import the digits setting; asking for its extractor registers it."""
+    code = ("import sys; import disback.fid as f\n"
+            "from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY as R\n"
+            "assert 'disback.digits' not in sys.modules and 'digits-classifier' not in R\n"
+            "f._register('digits-classifier'); assert 'digits-classifier' in R")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 # ---------------------------------------------------------------- bad inputs

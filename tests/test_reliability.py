@@ -3,6 +3,7 @@
 Everything is tiny (16-unit MLPs on the 2-D ring mixture) so the file runs in about a minute on 2 CPU cores.
 """
 import copy
+import hashlib
 import importlib
 import json
 import os
@@ -20,12 +21,12 @@ import torch
 from safetensors.torch import load_file
 
 import disback
-from disback.checkpoint import ArtifactError, RunLog, read_jsonl, sha256_file
+from disback.checkpoint import ArtifactError, RunLog, fingerprint, read_jsonl, sha256_file, tensor_digest
 from disback.config import DegradeConfig, DistillConfig, TeacherConfig
 from disback.data import ring_mixture
 from disback.path import DegradationPath
 from disback.settings import load_setting
-from disback.teachers import build_denoiser, load_teacher, save_teacher, train_teacher
+from disback.teachers import _data_hash, build_denoiser, load_teacher, save_teacher, train_teacher
 
 HERE = Path(__file__).resolve().parent
 STEPS_MODULE = importlib.import_module("disback.steps")  # the per-step functions both stages share
@@ -453,3 +454,36 @@ def test_same_seed_gives_identical_log_and_metrics(teacher, path, tmp_path, one_
     for f in ("log.jsonl", "config.json", "state.json", "state_00000012.safetensors"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert sum("metrics" in r for r in read_jsonl(tmp_path / "a" / "log.jsonl")) == 4  # steps 0, 4, 8, 12
+
+
+# ---------------------------------------------------------------- artifact keys
+
+def _old_digest(header: bytes, tensors, shapes: bool = True, names=None) -> str:
+    """The hashing each call site did inline before ``tensor_digest``: keys of cached artifacts must not move."""
+    h = hashlib.sha256(header)
+    for i, t in enumerate(tensors):
+        if names is not None:
+            h.update(names[i].encode())
+        if shapes:
+            h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_tensor_digest_keeps_every_artifact_key_byte_identical():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 1, 8, 8, generator=g), torch.randint(10, (5,), generator=g)
+    held, held_y = torch.randn(3, 1, 8, 8, generator=g), torch.randint(10, (3,), generator=g)
+    # checkpoint.fingerprint (teacher and path checks, run keys): names, shapes, bytes in sorted name order.
+    net = build_denoiser(TeacherConfig(width=16, depth=1), (2,), 1.0)
+    sd = sorted(net.state_dict().items())
+    assert fingerprint(net) == _old_digest(b"", [t for _, t in sd], names=[n for n, _ in sd])
+    # teachers._data_hash (teacher resume check): a (shape, dtype) header, then data and label bytes, no shapes.
+    header = str((tuple(x.shape), str(x.dtype))).encode()
+    assert _data_hash(x, y) == _old_digest(header, [x, y], shapes=False)
+    assert _data_hash(x, None) == _old_digest(header, [x], shapes=False)
+    # digits classifier cache folder: shape and bytes of each tensor.
+    assert tensor_digest(x, y, held, held_y) == _old_digest(b"", [x, y, held, held_y])
+    # experiments' data fingerprint: the setting's name, then shape and bytes of the tensors that are not None.
+    assert tensor_digest(x, None, held, held_y, extra="digits") == _old_digest(b"digits", [x, held, held_y])
+    assert tensor_digest(x, extra=b"a") != tensor_digest(x, extra=b"b") != tensor_digest(x.reshape(5, 64), extra=b"b")
