@@ -112,7 +112,7 @@ def reference_statistics(source, extractor=None, batch: int = 250) -> dict:
     """Reference {"mu", "sigma"}: read from an EDM-style ``.npz``, or computed from an image folder or zip."""
     source = Path(source)
     if not source.exists():
-        raise ArtifactError(f"missing FID reference {source} (make download fetches EDM's fid-refs; see README)")
+        raise ArtifactError(f"missing FID reference {source} (download EDM's fid-refs .npz; README, paper scale)")
     if source.suffix == ".npz":
         with np.load(source, allow_pickle=False) as f:
             if "mu" not in f or "sigma" not in f:
