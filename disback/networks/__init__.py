@@ -1,6 +1,8 @@
 """Denoiser backbones. Each is ``F(x_in, c_noise, labels)``; ``EDMPrecond`` turns one into ``D(x, sigma, labels)``."""
 from __future__ import annotations
 
+from .edm import DhariwalUNet, SongUNet
+from .edm_precond import EDMDenoiser, VPDenoiser, build_edm_denoiser
 from .mlp import MLPBackbone
 
 
