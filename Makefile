@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce report test smoke clean clean-runs run-setting-%
+.PHONY: setup reproduce report test smoke clean clean-runs
 
 setup: $(STAMP)
 
@@ -19,31 +19,50 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Every params/$(PROFILE)/NN_name__<setting>.yaml runs notebooks/NN_name.ipynb into results/$(PROFILE)/notebooks/.
-# Settings are independent: they run side by side (one process and one thread each, which is what these
-# small nets want on a 2-core machine; two threads per process on a busy machine are many times slower).
-# SETTING=ring2d (or digits) runs one setting only.
+# Each executed notebook is a make target that depends on the notebooks whose records or runs it reads (same
+# setting), so `make -j2` keeps both cores busy across settings and notebooks; one process and one torch thread
+# each, which is what these small nets want on a 2-core machine. SETTING=ring2d (or digits) runs one setting only.
+# Progress (notebook, run, elapsed and remaining time) is printed from runs/$(PROFILE)/progress.log.
 SETTINGS = $(sort $(foreach p,$(wildcard params/$(PROFILE)/*__*.yaml),$(lastword $(subst __, ,$(basename $(notdir $(p)))))))
 RUN_SETTINGS = $(if $(filter-out *,$(SETTING)),$(SETTING),$(SETTINGS))
 JOBS ?= 2
+OUTDIR := results/$(PROFILE)/notebooks
+PROGRESS := runs/$(PROFILE)/progress.log
+STEMS = $(foreach s,$(RUN_SETTINGS),$(basename $(notdir $(wildcard params/$(PROFILE)/*__$(s).yaml))))
+# What each notebook reads from the others of its setting (records, the path, shared runs).
+NEEDS_02 := 01
+NEEDS_03 := 02
+NEEDS_04 := 03
+NEEDS_05 := 04
+NEEDS_06 := 03
+stem_of = $(filter $(1)_%__$(2),$(STEMS))
+$(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(NEEDS_$(firstword $(subst _, ,$(st)))),$(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(call stem_of,$(n),$(lastword $(subst __, ,$(st)))))))))
 
 reproduce: setup
-	@test -n "$(RUN_SETTINGS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }
-	@mkdir -p results/$(PROFILE)/notebooks
-	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix run-setting-,$(RUN_SETTINGS)) PROFILE=$(PROFILE)
+	@test -n "$(STEMS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }
+	@mkdir -p $(OUTDIR) runs/$(PROFILE); : > $(PROGRESS)
+	@tail -n0 -F $(PROGRESS) 2>/dev/null & tailer=$$!; \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory -B -j$(JOBS) $(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(STEMS))) PROFILE=$(PROFILE) SETTING='$(SETTING)'; rc=$$?; \
+	  sleep 1; kill $$tailer 2>/dev/null; \
+	  echo "notebooks finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s (rc=$$rc)"; exit $$rc
 	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
 
-run-setting-%:
-	@for p in $(sort $(wildcard params/$(PROFILE)/*__$*.yaml)); do \
-	  stem=$$(basename $$p .yaml); nb=$${stem%%__*}; \
-	  echo "== $$stem"; \
-	  $(PY) -m disback.params notebooks/$$nb.ipynb $$p || exit 1; \
-	  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/papermill --no-progress-bar -k disback --cwd notebooks \
-	    -f $$p -p profile $(PROFILE) notebooks/$$nb.ipynb results/$(PROFILE)/notebooks/$$stem.ipynb \
-	    > results/$(PROFILE)/notebooks/$$stem.log 2>&1 || { tail -30 results/$(PROFILE)/notebooks/$$stem.log; exit 1; }; \
-	done
+$(OUTDIR)/%.ipynb: params/$(PROFILE)/%.yaml
+	@stem=$*; nb=$${stem%%__*}; echo "$$(date +%H:%M:%S) == start $$stem" >> $(PROGRESS); \
+	  $(PY) -m disback.params notebooks/$$nb.ipynb $< || exit 1; \
+	  t0=$$(date +%s); \
+	  DISBACK_PROGRESS_LOG=$(abspath $(PROGRESS)) DISBACK_PROGRESS_LABEL=$$stem OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	  $(VENV)/bin/papermill --no-progress-bar -k disback --cwd notebooks -f $< -p profile $(PROFILE) \
+	    notebooks/$$nb.ipynb $(OUTDIR)/.$$stem.tmp.ipynb > $(OUTDIR)/$$stem.log 2>&1 \
+	    || { tail -30 $(OUTDIR)/$$stem.log; rm -f $(OUTDIR)/.$$stem.tmp.ipynb; exit 1; }; \
+	  $(PY) -m disback.clean_notebook $(OUTDIR)/.$$stem.tmp.ipynb && mv $(OUTDIR)/.$$stem.tmp.ipynb $@; \
+	  echo "$$(date +%H:%M:%S) == done  $$stem in $$(( $$(date +%s) - t0 )) s" >> $(PROGRESS)
 
+# REPORT.md is the cpu profile's; other profiles write results/<profile>/REPORT.md.
+REPORT_OUT = $(if $(filter cpu,$(PROFILE)),REPORT.md,results/$(PROFILE)/REPORT.md)
 report: setup
-	$(PY) -m disback.report --results results --profile $(PROFILE) --out REPORT.md
+	$(PY) -m disback.report --results results --profile $(PROFILE) --out $(REPORT_OUT)
 
 test: setup
 	$(PY) -m pytest tests

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import ArtifactError, fingerprint, write_json
+from .checkpoint import ArtifactError, fingerprint, tensor_digest, write_json
 from .config import DegradeConfig, DistillConfig
 from .diffusion import edm_sampler, heun_nfe
 from .distill import distill
@@ -77,8 +77,10 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
     return x, labels, heun_nfe(steps)
 
 
-# Modules that only analyse or present finished runs: editing them retrains nothing.
-PRESENTATION_MODULES = ("plots.py", "report.py", "analysis.py", "bench.py")
+# Modules that only analyse or present finished runs, or serve the paper-scale settings alone: editing them
+# retrains nothing at the cpu scale.
+PRESENTATION_MODULES = ("plots.py", "report.py", "analysis.py", "bench.py", "progress.py", "clean_notebook.py",
+                        "__main__.py", "edm.py", "edm_precond.py", "edm_pickle.py", "inception.py")
 
 
 @lru_cache(maxsize=1)
@@ -100,12 +102,8 @@ def sources_digest(package: Path) -> str:
 
 
 def _data_fingerprint(setting: Setting) -> str:
-    h = hashlib.sha256(setting.name.encode())
-    for t in (setting.train, setting.train_labels, setting.reference, setting.reference_labels):
-        if t is not None:
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return tensor_digest(setting.train, setting.train_labels, setting.reference, setting.reference_labels,
+                         extra=setting.name)
 
 
 def shared_runs(paths: Paths, teacher, setting: Setting, config: DistillConfig, seeds, num_eval: int,

@@ -11,7 +11,6 @@ import os
 import time
 
 from tqdm import tqdm
-from tqdm.auto import tqdm as auto_tqdm
 
 ENV = "DISBACK_PROGRESS_LOG"
 
@@ -24,8 +23,11 @@ def _log_file():
 def bar(iterable=None, disable: bool = False, **kwargs):
     """A tqdm.auto progress bar over ``iterable``; silent when a progress log is set (``make reproduce`` notes each
     finished run there instead, so parallel notebooks do not interleave bars)."""
-    return (tqdm if os.environ.get(ENV) else auto_tqdm)(iterable, disable=disable or bool(os.environ.get(ENV)),
-                                                        **kwargs)
+    if os.environ.get(ENV):
+        return tqdm(iterable, disable=True, **kwargs)
+    from tqdm.auto import tqdm as auto_tqdm  # imported here: in a kernel without widgets it warns on import
+
+    return auto_tqdm(iterable, disable=disable, **kwargs)
 
 
 def note(message: str) -> None:

@@ -1,5 +1,6 @@
 """Notebooks as papermill runs them: same seed and profile give identical metrics."""
 import json
+import sys
 from pathlib import Path
 
 import papermill as pm
@@ -35,21 +36,36 @@ DIGITS_TINY = {  # every notebook on the digits setting through its parameters o
     "01_teacher_setup": {"teacher": {"arch": "unet", "width": 8, "depth": 1, "iters": 20, "batch": 32},
                          "sampler_steps": 4, "sigma_max": 80.0},
     "02_degradation_recording": {"degrade": {"iters": 6, "num_nodes": 2, "batch": 16}, "sampler_steps": 4},
-    "03_distribution_backtracking": {"distill": {"iters": 6, "iters_per_node": 2, "batch": 16, "eval_every": 6},
-                                     "seeds": [0, 1], "snapshot_steps": [0, 6]},
-    "04_baselines": {"methods": ["diff_instruct", "sid"], "seeds": [0, 1],
-                     "distill": {"iters": 6, "iters_per_node": 2, "batch": 16, "eval_every": 6}},
-    "05_ablation_nodes": {"distill": {"iters": 6, "batch": 16, "eval_every": 6}, "node_counts": [0, 2],
-                          "base_degrade": {"iters": 4, "num_nodes": 2, "batch": 16}, "backtrack_updates": 2,
-                          "spacings": ["early"], "stage1_lengths": [4], "iters_per_node_grid": [2], "seeds": [0, 1]},
-    "06_score_mismatch": {"distill": {"iters": 6, "iters_per_node": 2, "batch": 16, "eval_every": 6},
-                          "seeds": [0, 1], "num_probe": 50},
+    "03_distribution_backtracking": {"distill": {"iters": 6, "batch": 16, "eval_every": 3, "snapshot_every": 3},
+                                     "lr_gen_grid": [0.0002], "baseline_grid": {"lr_fake": [0.001]},
+                                     "shares": [0.5], "seeds": [0, 1], "snapshot_steps": [0, 6]},
+    "04_baselines": {"methods": ["diff_instruct", "sid"], "seeds": [0, 1]},
+    "05_ablation_nodes": {"shares": [0.5], "node_counts": {"diff_instruct": [2]}, "extra_rows": ["fitted"],
+                          "seeds": [0, 1]},
+    "06_score_mismatch": {"iters": 6, "eval_every": 3, "seeds": [0, 1], "num_probe": 50},
 }
+REPO_PATHS = (str(ROOT), sys.prefix, str(Path.home()))
 
 
-def test_every_notebook_runs_on_digits_through_parameters(tmp_path):
+def _check_clean(notebook: Path) -> None:
+    """An executed notebook a reader can trust and diff: no path of this machine, no widget warning, no bar frames."""
+    text = notebook.read_text()
+    for path in REPO_PATHS:
+        assert path not in text, f"{notebook.name} holds the machine path {path}"
+    assert "IProgress" not in text and "TqdmWarning" not in text, notebook.name
+    stderr = [o for c in json.loads(text)["cells"] for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert len(stderr) <= 3, f"{notebook.name}: {len(stderr)} stderr outputs"
+
+
+def test_every_notebook_runs_on_digits_through_parameters(tmp_path, monkeypatch):
     """Notebooks 01-06 run on the class-conditional digits setting with parameters only (no notebook copies),
-    and each writes its metrics record with the setting's primary metric, FID."""
+    each writes its metrics record with the setting's primary metric, FID, and, run as `make reproduce` runs them
+    (progress to a log, then `disback.clean_notebook`), each executed notebook is clean: no machine path, no
+    widget warning, at most a handful of stderr outputs, and the log names every run."""
+    from disback.clean_notebook import main as clean_notebook
+
+    log = tmp_path / "progress.log"
+    monkeypatch.setenv("DISBACK_PROGRESS_LOG", str(log))
     common = {"profile": "smoke", "setting": "digits", "results_root": str(tmp_path / "results"),
               "runs_root": str(tmp_path / "runs"), "num_eval": 100, "num_reference": 100,
               "setting_options": {"classifier_dir": str(tmp_path / "classifier")}}  # trained once, then loaded
@@ -57,8 +73,11 @@ def test_every_notebook_runs_on_digits_through_parameters(tmp_path):
         pm.execute_notebook(str(ROOT / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / f"{notebook}.ipynb"),
                             parameters={**common, **params}, kernel_name="disback", cwd=str(ROOT / "notebooks"),
                             progress_bar=False)
+        clean_notebook([str(tmp_path / f"{notebook}.ipynb")])
+        _check_clean(tmp_path / f"{notebook}.ipynb")
         record = json.loads((tmp_path / "results" / "smoke" / "metrics" / f"{notebook}__digits.json").read_text())
         assert record["status"] == "ok" and record["setting"] == "digits", notebook
         assert record["figures"] and all((tmp_path / "results" / "smoke" / f).is_file() for f in record["figures"])
     teacher = json.loads((tmp_path / "results" / "smoke" / "metrics" / "01_teacher_setup__digits.json").read_text())
     assert teacher["primary"] == "fid" and teacher["summary"]["teacher"]["fid"] > 0
+    assert "run 2/2 (seed 1) done" in log.read_text()

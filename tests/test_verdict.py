@@ -1,0 +1,205 @@
+"""The verdict machinery: control arm, per-method noise levels, DMD regression, compute counting, snapshots,
+schedule shares, BCa/t intervals, finals, log-metric area, direction agreement, progress and notebook cleaning."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sstats
+
+import disback
+import disback.experiments
+import disback.settings
+from disback.analysis import compare, iters_per_node_for_share, schedule_share, threshold_sweep
+from disback.checkpoint import fingerprint
+from disback.config import DistillConfig, TeacherConfig
+from disback.data import GaussianMixture, ring_mixture
+from disback.diffusion import karras_curve, sample_generator_sigma
+from disback.distill import load_snapshot
+from disback.metrics import direction_agreement
+from disback.path import DegradationPath, PathWriter
+from disback.stats import final_values, mean_log_metric, paired_ratio_t, speedup
+from disback.steps import COST_FAKE_STEP, cost_gen_step, regression_pairs
+from disback.teachers import train_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    data = ring_mixture().sample(512, torch.Generator().manual_seed(0))
+    return train_teacher(data, None, TeacherConfig(width=16, depth=1, iters=40, batch=64), progress=False)
+
+
+@pytest.fixture
+def perturbed_path(teacher, tmp_path):
+    """A 3-node path whose nodes differ from the teacher (a shifted copy each), so loads are visible."""
+    writer = PathWriter(tmp_path / "path", {"iters": 3, "batch": 8, "sigma_init": 2.5, "num_nodes": 3},
+                        fingerprint(teacher))
+    for k in range(4):
+        node = disback.generator.frozen_copy(teacher)
+        with torch.no_grad():
+            for p in node.parameters():
+                p.add_(0.01 * k)
+        writer.add(node, k)
+    return DegradationPath.load(tmp_path / "path")
+
+
+def test_control_arm_starts_the_fake_score_at_node_n_and_aims_at_the_teacher(teacher, perturbed_path, tmp_path):
+    """Control arm: the fake score begins as the path's last node, the target is the teacher at every update,
+    and with the same seed it equals DisBack until DisBack's first intermediate target changes the update."""
+    cfg = DistillConfig(iters=6, iters_per_node=2, batch=16, eval_every=0, lr_fake=1e-12)
+    control = disback.distill(teacher, cfg.replace(fake_from_path=True), tmp_path / "c", path=perturbed_path,
+                              progress=False)
+    assert all(r["node"] == 0 for r in control.log)
+    node_n = perturbed_path.load_node(3, disback.generator.frozen_copy(teacher))
+    for a, b in zip(control.fake_score.state_dict().values(), node_n.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)  # lr_fake ~ 0: still node N at the end
+    baseline = disback.distill(teacher, cfg, tmp_path / "b", progress=False)
+    assert fingerprint(baseline.generator) != fingerprint(control.generator)
+    with pytest.raises(ValueError, match="fake_from_path"):
+        DistillConfig(backtrack=True, fake_from_path=True)
+    with pytest.raises(ValueError, match="needs a DegradationPath"):
+        disback.distill(teacher, cfg.replace(fake_from_path=True), tmp_path / "x", progress=False)
+
+
+@pytest.mark.parametrize("dist,lo,hi", [("karras", karras_curve(torch.tensor(20 / 999)), karras_curve(torch.tensor(979 / 999))),
+                                        ("sid", 0.002, float(karras_curve(torch.tensor(0.8))))])
+def test_generator_noise_levels_follow_each_papers_range(dist, lo, hi):
+    s = sample_generator_sigma(dist, 20000, -1.2, 1.2, torch.Generator().manual_seed(0))
+    assert float(s.min()) >= float(lo) * 0.999 and float(s.max()) <= float(hi) * 1.001
+    assert float(s.max()) > 0.9 * float(hi)  # the range is used, not just its bottom
+    assert 23 < float(karras_curve(torch.tensor(0.8))) < 25  # SiD's tmax = 800: sigma up to about 24
+    assert DistillConfig(method="sid").generator_sigma_dist == "sid"
+    assert DistillConfig(method="dmd2").generator_sigma_dist == "karras"
+    assert DistillConfig(method="diff_instruct").generator_sigma_dist == "lognormal"
+    with pytest.raises(ValueError, match="sigma_dist"):
+        DistillConfig(sigma_dist="uniform")
+
+
+def test_dmd_regression_pairs_are_the_teachers_ode_and_pull_the_generator(teacher, tmp_path):
+    """DMD's regression term: pairs are (z, Heun ODE of the teacher from reg_sigma_max * z); with it on, the
+    generator moves toward its pairs (the regression error falls) and the run costs the pairs' ODE."""
+    pairs = regression_pairs(teacher, 64, 20.0)
+    again = disback.experiments.sample_teacher(teacher, disback.settings.load_setting("ring2d", num_reference=10),
+                                               64, 18, 20.0, seed_offset=5 * 10 ** 6)[0]
+    torch.testing.assert_close(pairs["x"], again)
+    cfg = DistillConfig(iters=30, batch=64, eval_every=0, reg_weight=10.0, reg_pairs=64, reg_sigma_max=20.0,
+                        lr_gen=1e-3)
+    res = disback.distill(teacher, cfg, tmp_path / "r", progress=False)
+    g0 = disback.generator.make_generator(teacher, cfg.sigma_init)
+    with torch.no_grad():
+        before = float(((g0(pairs["z"]) - pairs["x"]) ** 2).mean())
+        after = float(((res.generator(pairs["z"]) - pairs["x"]) ** 2).mean())
+    assert after < 0.8 * before
+    assert res.log[0]["nfe"] == 64 * 35 and res.log[1]["nfe"] - res.log[0]["nfe"] == 64 * (2 + 3 + 1)
+
+
+def test_compute_counts_backward_passes_and_sid_goes_through_both_denoisers(teacher, tmp_path):
+    assert COST_FAKE_STEP == 4 and cost_gen_step("diff_instruct") == 5 and cost_gen_step("sid") == 9
+    for method, k in (("diff_instruct", 1), ("sid", 1), ("dmd2", 3)):
+        cfg = DistillConfig(method=method, fake_steps=k, iters=2, batch=8, eval_every=0)
+        res = disback.distill(teacher, cfg, tmp_path / method, progress=False)
+        assert [r["cost"] for r in res.log] == [i * 8 * (k * COST_FAKE_STEP + cost_gen_step(method)) for i in range(3)]
+
+
+def test_snapshots_keep_the_generator_as_it_was(teacher, tmp_path):
+    cfg = DistillConfig(iters=6, batch=16, eval_every=3, snapshot_every=3)
+    res = disback.distill(teacher, cfg, tmp_path / "s", progress=False)
+    final = load_snapshot(res.run_dir, 6, teacher, cfg.sigma_init)
+    assert fingerprint(final) == fingerprint(res.generator)
+    assert fingerprint(load_snapshot(res.run_dir, 0, teacher, cfg.sigma_init)) == fingerprint(
+        disback.generator.make_generator(teacher, cfg.sigma_init))
+    with pytest.raises(disback.checkpoint.ArtifactError, match="missing"):
+        load_snapshot(res.run_dir, 4, teacher, cfg.sigma_init)
+
+
+def test_share_of_updates_on_intermediate_nodes():
+    assert iters_per_node_for_share(0.1, 4, 400) == 13  # 3 nodes x 13 = 39 of 400 updates
+    cfg = DistillConfig(backtrack=True, iters=400, iters_per_node=13)
+    assert schedule_share(cfg, 4) == pytest.approx(39 / 400)
+    assert schedule_share(cfg.replace(backtrack=False), 4) == 0
+    for bad in ({"share": 0.0, "num_nodes": 4}, {"share": 1.0, "num_nodes": 4}, {"share": 0.1, "num_nodes": 1}):
+        with pytest.raises(ValueError):
+            iters_per_node_for_share(iters=400, **bad)
+
+
+def test_bca_and_t_intervals_agree_with_scipy_and_widen_at_small_n():
+    a, b = np.array([100., 120, 90, 130, 110]), np.array([300., 250, 320, 310, 280])
+    s = speedup(a, b)
+    ref = sstats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) / y.mean(axis), paired=True, vectorized=True,
+                           n_resamples=10000, method="BCa", random_state=np.random.default_rng(0))
+    assert s.method == "BCa" and (s.ci_low, s.ci_high) == pytest.approx(
+        (ref.confidence_interval.low, ref.confidence_interval.high))
+    d = np.log(a / b)
+    half = sstats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    assert (s.t_low, s.t_high) == pytest.approx((np.exp(d.mean() - half), np.exp(d.mean() + half)))
+    assert s.t_high - s.t_low > s.pct_high - s.pct_low  # the t interval is the more cautious one at n = 5
+    assert np.isnan(paired_ratio_t([1, 0], [1, 1])["ratio"])
+
+
+def test_finals_and_log_metric_area_closed_forms():
+    v = np.array([[4., 3, 2, 1, 1, 3, 1, 3], [1, 1, 1, 1, 1, 1, 1, 1]])
+    assert final_values(v).tolist() == [2.0, 1.0]  # last quarter: (1 + 3) / 2
+    steps = np.array([0., 10, 20])
+    assert mean_log_metric(steps, [[2., 2, 2]])[0] == pytest.approx(2)
+    assert mean_log_metric(steps, [[1., np.e, np.e ** 2]])[0] == pytest.approx(np.e)  # exp(mean of 0..2)
+    with pytest.raises(ValueError, match="positive"):
+        mean_log_metric(steps, [[1., 0, 1]])
+
+
+def test_comparison_and_threshold_sweep_on_synthetic_curves():
+    steps = np.arange(0, 101, 10.)
+
+    def conv(times):
+        values = np.array([np.clip(2 - steps / (2 * t), 0.5, None) for t in times])
+        from disback.stats import times_to_threshold
+        upd, reached = times_to_threshold(steps, values, 1.0)
+        cost = steps * 10
+        return {"steps": steps, "values": values, "nfe": cost, "cost": cost, "updates": upd, "reached": reached,
+                "evaluations": upd * 10, "compute": upd * 10}
+
+    base, fast = conv([40., 42, 38, 41, 39]), conv([20., 21, 19, 22, 18])
+    c = compare(base, fast)
+    assert c["speedup_updates"]["ratio"] == pytest.approx(2, rel=0.05) and c["speedup_updates"]["ci_low"] > 1
+    assert c["area_ratio"]["ratio"] > 1 and c["to_baseline_final"]["speedup"]["ratio"] > 1
+    sweep = threshold_sweep(base, fast, 1.0, [1.0, 1.5])
+    assert [s["factor"] for s in sweep] == [1.0, 1.5] and all(s["ratio"] > 1 for s in sweep)
+
+
+def test_direction_agreement_is_one_when_the_update_points_at_the_data():
+    data, gen = GaussianMixture(torch.tensor([[0.0, 0.0]]), torch.ones(1), 0.5), \
+        GaussianMixture(torch.tensor([[1.0, 1.0]]), torch.ones(1), 0.5)
+    x0 = gen.sample(200, torch.Generator().manual_seed(0))
+    same = direction_agreement(gen, data, gen, data, x0, [0.5, 1.0])
+    opposite = direction_agreement(data, gen, gen, data, x0, [0.5, 1.0])
+    assert all(v == pytest.approx(1.0) for v in same.values()) and all(v == pytest.approx(-1.0) for v in opposite.values())
+    assert list(same) == ["0.5", "1.0"] and json.loads(json.dumps(same)) == same
+
+
+def test_progress_goes_to_the_log_and_bars_stay_silent(tmp_path, monkeypatch, capsys):
+    from disback import progress
+
+    monkeypatch.setenv("DISBACK_PROGRESS_LOG", str(tmp_path / "p.log"))
+    monkeypatch.setenv("DISBACK_PROGRESS_LABEL", "03_x__ring2d")
+    assert list(progress.bar(range(3), desc="x")) == [0, 1, 2]
+    counter = progress.RunCounter(2, "runs")
+    counter.step("seed 0")
+    text = (tmp_path / "p.log").read_text()
+    assert "03_x__ring2d runs: run 1/2 (seed 0) done" in text and "left" in text
+    assert capsys.readouterr().err == ""
+
+
+def test_clean_notebook_scrubs_machine_paths(tmp_path):
+    import sys
+
+    from disback.clean_notebook import REPO, main
+
+    nb = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [
+        {"output_type": "stream", "name": "stderr", "text": f"warning in {sys.prefix}/lib/x.py and {REPO}/disback"},
+        {"output_type": "stream", "name": "stdout", "text": "  \n"}]}],
+        "metadata": {"papermill": {"input_path": f"{REPO}/notebooks/a.ipynb"}}, "nbformat": 4, "nbformat_minor": 5}
+    f = tmp_path / "a.ipynb"
+    f.write_text(json.dumps(nb))
+    main([str(f)])
+    out = f.read_text()
+    assert str(REPO) not in out and sys.prefix not in out and "<venv>/lib/x.py" in out and "<repo>/disback" in out
+    assert len(json.loads(out)["cells"][0]["outputs"]) == 1  # the empty stream output is dropped
