@@ -17,6 +17,7 @@ from .diffusion import sample_sigma
 from .generator import frozen_copy, make_generator
 from .losses import fake_score_loss
 from .path import MANIFEST, DegradationPath, PathWriter, node_steps
+from .runlock import locks_run_dir
 
 
 def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator):
@@ -41,6 +42,7 @@ def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float,
     return loss.item()
 
 
+@locks_run_dir
 def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool = True) -> DegradationPath:
     """Record the degradation path of ``teacher`` toward its one-step generator G0 into ``run_dir/path``."""
     run_dir = Path(run_dir)

@@ -21,6 +21,7 @@ from .diffusion import sample_sigma
 from .generator import EMA, frozen_copy, make_generator
 from .losses import generator_loss
 from .path import DegradationPath, TargetSchedule
+from .runlock import locks_run_dir
 
 # Forward network evaluations per sample: a fake-score step runs G and the fake score; a generator step
 # runs G, the fake score and the target.
@@ -53,6 +54,7 @@ def _check_path(teacher, path: DegradationPath, config: DistillConfig) -> None:
                             f"sigma_init={path.config['sigma_init']}; they must match")
 
 
+@locks_run_dir
 def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | None = None,
             metric_fn: Callable[[torch.nn.Module], dict] | None = None, progress: bool = True,
             probe_fn: Callable[..., dict] | None = None) -> DistillResult:
