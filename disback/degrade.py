@@ -13,11 +13,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import ArtifactError, RunLog, TrainingState, check_finite, fingerprint, write_json
 from .config import DegradeConfig
+from .runlock import locks_run_dir
 from .diffusion import sample_sigma
 from .generator import frozen_copy, make_generator
 from .losses import fake_score_loss
 from .path import MANIFEST, DegradationPath, PathWriter, node_steps
-from .runlock import locks_run_dir
 
 
 def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator):

@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import ArtifactError, RunLog, TrainingState, check_finite, fingerprint, write_json
 from .config import DistillConfig
+from .runlock import locks_run_dir
 from .degrade import draw_latents, fake_score_step
 from .diffusion import sample_sigma
 from .generator import EMA, frozen_copy, make_generator
 from .losses import generator_loss
 from .path import DegradationPath, TargetSchedule
-from .runlock import locks_run_dir
 
 # Forward network evaluations per sample: a fake-score step runs G and the fake score; a generator step
 # runs G, the fake score and the target.

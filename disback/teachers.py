@@ -10,10 +10,10 @@ from tqdm.auto import tqdm
 from .checkpoint import (ArtifactError, TrainingState, check_finite, fingerprint, load_module, load_tensors, read_json,
                          save_tensors, write_json)
 from .config import TeacherConfig
+from .runlock import locks_run_dir
 from .diffusion import EDMPrecond, denoising_loss, sample_sigma
 from .generator import EMA
 from .networks import build_backbone
-from .runlock import locks_run_dir
 
 
 def build_denoiser(config: TeacherConfig, data_shape, sigma_data: float, label_dim: int = 0) -> EDMPrecond:
