@@ -2,8 +2,9 @@
 
 Absolute times differ between machines, so every measured figure is a ratio of two timings taken side by side in
 this process (the machine is recorded beside them). Timings are the process's CPU time (``time.process_time``, one
-thread): on a shared machine, wall time swings by 2x between identical runs while CPU time stays within ~10%. The configs are the profile's own (a notebook's ``parameters``
-cell overlaid by ``params/<profile>/NN_name__ring2d.yaml``) on the ring2d setting. Run as
+thread): on a shared machine, wall time swung by 2x between identical runs while CPU time stayed within ~10%. The
+configs are the profile's own (a notebook's ``parameters`` cell overlaid by ``params/<profile>/NN_name__ring2d.yaml``)
+on the ring2d setting. Run as
 ``python -m disback.bench --profile cpu --results results``; writes ``results/<profile>/bench.json`` and
 ``results/<profile>/tables/bench.csv|md``. ``bench_lines`` renders the section of REPORT.md.
 """
@@ -86,7 +87,8 @@ def _teacher(runs: Path, profile: str, config: TeacherConfig, train: torch.Tenso
     if (folder / "teacher.json").is_file():
         return load_teacher(folder), f"`{folder}` (notebook 01)"
     config = config.replace(iters=min(config.iters, cap))
-    return train_teacher(train, config=config, progress=False), f"trained here for {config.iters} steps (the architecture of notebook 01; speed does not need quality)"
+    return train_teacher(train, config=config, progress=False), (
+        f"trained here for {config.iters} steps (notebook 01's architecture; timing does not need a good teacher)")
 
 
 def stage_costs(teacher, degrade: DegradeConfig, config: DistillConfig, work: Path, scale: dict) -> dict:
@@ -191,15 +193,16 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
     s2, s1, sm = r["stage2"], r["stage1"], r["sampling"]
     rows = [
         ("DisBack stage 2, time per update / the same loop on the teacher", f"{s2['ratio_per_update']:.2f}x",
-         f"CPU time, {s2['repeats']} runs of {s2['iters']} updates per arm, in ABBA order ({s2['num_switches']} target switches "
-         f"included); {s2['s_per_update_disback'] * 1e3:.2f} vs {s2['s_per_update_teacher'] * 1e3:.2f} ms"),
+         f"CPU time, {s2['repeats']} runs of {s2['iters']} updates per arm in ABBA order "
+         f"({s2['num_switches']} target switches included); {s2['s_per_update_disback'] * 1e3:.2f} vs {s2['s_per_update_teacher'] * 1e3:.2f} ms"),
         ("one target switch / one stage-2 update", f"{s2['switch_in_updates']:.2f}x",
          f"load a node's safetensors into the target and fingerprint it: {s2['s_per_switch'] * 1e3:.2f} ms"),
         ("stage 1 / whole DisBack run, time", f"{s1['time_share']:.1%}",
          f"{s1['iters']} stage-1 steps, {s1['num_nodes']} nodes saved: {s1['seconds']:.1f} s; "
          f"stage 2: {s1['stage2_seconds']:.1f} s"),
         ("stage 1 / whole DisBack run, network evaluations", f"{s1['nfe_share']:.1%}",
-         f"{s1['nfe']:,} of {s1['nfe'] + s1['stage2_nfe']:,} (per sample: 2 per fake-score step, 3 per generator step)"),
+         f"{s1['nfe']:,} of {s1['nfe'] + s1['stage2_nfe']:,} (per sample: 2 per fake-score step, 3 per generator "
+         f"step)"),
         (f"one-step sampling throughput / teacher's Heun sampler (NFE {sm['heun_nfe']})",
          f"{sm['throughput_ratio']:.1f}x", f"NFE ratio {sm['nfe_ratio']}x; {sm['num_samples']:,} samples per call: "
          f"{sm['onestep_samples_per_s']:,.0f} vs {sm['heun_samples_per_s']:,.0f} samples/s"),
@@ -225,10 +228,11 @@ def bench_lines(results_dir: Path, profile: str, root: Path) -> list[str]:
     if not f.is_file():
         return lines + [f"Profile `{profile}`: not run: `make bench`."]
     r, m = read_json(f), read_json(f)["machine"]
-    lines += [f"Every measured figure is a ratio of two CPU timings taken in one process (`python -m disback.bench`, "
+    lines += [f"The cost figures are ratios of two CPU timings taken in one process (`python -m disback.bench`, "
               f"{r['date']}, profile `{r['profile']}`, setting `{r['setting']}`) on {m['platform']}, "
               f"{m['cpu_count']} CPUs (1-min load {m['load_average_1min']}), torch {m['torch']}, {m['threads']} "
-              f"thread(s). Teacher: {r['teacher']}. The absolute times beside them hold for that machine only.", ""]
+              f"thread(s); teacher: {r['teacher']}. The absolute times beside them, and the wall times of the "
+              f"notebooks and of `make test` (as last run on this checkout), hold for their machine only.", ""]
     lines += _markdown(table_rows(r))
     src = f.relative_to(root) if f.is_relative_to(root) else f
     return lines + ["", f"Source: [`{src}`]({src})."]

@@ -81,7 +81,8 @@ def test_report_shows_bench_section_or_says_not_run(smoke, tmp_path):
 
 def test_bench_reuses_the_profile_teacher(tmp_path):
     """A teacher saved by notebook 01 under runs/<profile>/ring2d/teacher is the one timed."""
-    teacher = train_teacher(torch.randn(64, 2), config=TeacherConfig(width=8, depth=1, iters=2, batch=8), progress=False)
+    config = TeacherConfig(width=8, depth=1, iters=2, batch=8)
+    teacher = train_teacher(torch.randn(64, 2), config=config, progress=False)
     save_teacher(teacher, tmp_path / "smoke" / "ring2d" / "teacher")
     loaded, source = bench._teacher(tmp_path, "smoke", TeacherConfig(), torch.randn(64, 2), cap=1)
     assert "notebook 01" in source and fingerprint(loaded) == fingerprint(teacher)

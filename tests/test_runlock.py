@@ -43,8 +43,8 @@ def _env():
 
 
 def _start_holder(run_dir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), str(ROOT / "disback" / "runlock.py")], stdout=subprocess.PIPE, text=True,
-                            env=_env(), cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), str(ROOT / "disback" / "runlock.py")],
+                            stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     assert proc.stdout.readline().strip() == "held", "the holder process never took the lock"
     return proc
 
@@ -55,7 +55,7 @@ def _run_writer(run_dir: Path) -> subprocess.CompletedProcess:
 
 
 def test_second_writer_stops_at_once_naming_folder_and_holder(tmp_path):
-    """A second process training into a run folder that another process holds stops at once, with one line naming the folder and the holder's process id."""
+    """A second process training into a held run folder stops at once: one line naming the folder and the holder's pid."""
     run_dir = tmp_path / "run"
     holder = _start_holder(run_dir)
     try:
