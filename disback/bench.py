@@ -91,6 +91,15 @@ def _teacher(runs: Path, profile: str, config: TeacherConfig, train: torch.Tenso
         f"trained here for {config.iters} steps (notebook 01's architecture; timing does not need a good teacher)")
 
 
+def stage2_config(params: dict, num_nodes: int) -> DistillConfig:
+    """Notebook 03's stage-2 config; where it tunes the share of updates on intermediate nodes, its first share."""
+    fields = params.get("distill", {})
+    config = DistillConfig.from_dict({**fields, "method": params.get("method", "diff_instruct")})
+    if "iters_per_node" not in fields and "shares" in params:
+        config = config.replace(iters_per_node=max(1, round(params["shares"][0] * config.iters / num_nodes)))
+    return config
+
+
 def stage_costs(teacher, degrade: DegradeConfig, config: DistillConfig, work: Path, scale: dict) -> dict:
     """Stage 2 per update, DisBack vs. the same loop on the teacher; one target switch; stage 1's share."""
     config = config.replace(eval_every=0, ckpt_every=0, ema=0.0, sigma_init=degrade.sigma_init)
@@ -162,7 +171,7 @@ def run(profile: str, results: Path, runs: Path, root: Path) -> dict:
     teacher, source = _teacher(runs, profile, TeacherConfig.from_dict(p1.get("teacher", {})), setting.train,
                                scale["teacher_iters"])
     degrade = DegradeConfig.from_dict(p2.get("degrade", {}))
-    config = DistillConfig.from_dict({**p3.get("distill", {}), "method": p3.get("method", "diff_instruct")})
+    config = stage2_config(p3, degrade.num_nodes)
     record = {"profile": profile, "setting": SETTING, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(), "teacher": source}
     with tempfile.TemporaryDirectory(prefix="disback-bench-") as work:

@@ -45,8 +45,10 @@ def test_bench_json_has_every_field(smoke):
               r["stage1"]["nfe_share"], r["sampling"]["throughput_ratio"]]
     assert all(math.isfinite(x) and x > 0 for x in ratios), ratios
     assert 0 < r["stage1"]["time_share"] < 1 and 0 < r["stage1"]["nfe_share"] < 1
-    assert r["stage2"]["num_switches"] == 4 and r["stage2"]["iters"] == 60  # the smoke notebook 03's schedule
-    assert r["stage1"]["nfe"] == 60 * 128 * 2  # notebook 02's smoke config: 60 steps of batch 128, 2 NFE each
+    degrade = bench.DegradeConfig.from_dict(bench.notebook_params(ROOT, "smoke", "02_degradation_recording")["degrade"])
+    config = bench.stage2_config(bench.notebook_params(ROOT, "smoke", "03_distribution_backtracking"), degrade.num_nodes)
+    assert r["stage2"]["num_switches"] == degrade.num_nodes and r["stage2"]["iters"] == config.iters
+    assert r["stage1"]["nfe"] == degrade.iters * degrade.batch * 2  # 2 NFE per sample: G0 and the degrading copy
     assert r["sampling"]["heun_nfe"] == 35 and r["sampling"]["nfe_ratio"] == 35
     assert [p["heun_nfe"] for p in r["paper_sampling"]] == [79, 511]
     assert r["notebooks"] == {"01_teacher_setup__ring2d": 75.0}
