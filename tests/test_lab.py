@@ -42,7 +42,7 @@ def lab(tmp_path):
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
                              f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-                             f"--IdentityProvider.token={token}",
+                             f"--IdentityProvider.token={token}", "--MappingKernelManager.default_kernel_name=disback",
                              f"--ServerApp.root_dir={ROOT}", *(["--allow-root"] if os.geteuid() == 0 else [])],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
@@ -69,13 +69,15 @@ def lab(tmp_path):
 
 
 def test_lab_serves_a_notebook_and_the_disback_kernel(lab):
-    """JupyterLab started as `make lab` does serves notebooks/01_teacher_setup.ipynb and lists the `disback` kernel."""
+    """JupyterLab started as `make lab` does serves notebooks/01_teacher_setup.ipynb; its default kernel is `disback`."""
     base, token = lab
     nb = _get(f"{base}/api/contents/{NOTEBOOK}", token)
     assert nb["type"] == "notebook" and nb["content"]["nbformat"] == 4
     assert any("parameters" in c["metadata"].get("tags", []) for c in nb["content"]["cells"])
-    kernels = _get(f"{base}/api/kernelspecs", token)["kernelspecs"]
+    specs = _get(f"{base}/api/kernelspecs", token)
+    kernels = specs["kernelspecs"]
     assert "disback" in kernels, f"no `disback` kernel (make setup installs it); found {sorted(kernels)}"
+    assert specs["default"] == "disback" and "disback" in kernels["disback"]["spec"]["display_name"]
     page = urllib.request.urlopen(urllib.request.Request(f"{base}/lab", headers={"Authorization": f"token {token}"}),
                                   timeout=10).read().decode()
     assert re.search(r"<title>JupyterLab</title>", page)
