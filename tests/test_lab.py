@@ -69,7 +69,7 @@ def lab(tmp_path):
 
 
 def test_lab_serves_a_notebook_and_the_disback_kernel(lab):
-    """JupyterLab started as `make lab` does serves notebooks/01_teacher_setup.ipynb; its default kernel is `disback`."""
+    """JupyterLab started as `make lab` does serves notebooks/01_teacher_setup.ipynb, default kernel `disback`."""
     base, token = lab
     nb = _get(f"{base}/api/contents/{NOTEBOOK}", token)
     assert nb["type"] == "notebook" and nb["content"]["nbformat"] == 4
