@@ -7,7 +7,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce report test smoke clean clean-runs
+.PHONY: help setup reproduce report test smoke bench lab clean clean-runs convert-teacher
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make reproduce    run every notebook at PROFILE=$(PROFILE) into results/$(PROFILE)/ and regenerate REPORT.md"
+	@echo "make test         unit tests (tests/) and every notebook at smoke scale under nbval"
+	@echo "make smoke        make reproduce PROFILE=smoke (seconds)"
+	@echo "make report       regenerate REPORT.md from results/$(PROFILE)/"
+	@echo "make bench        measured costs (ratios timed in one process) into results/$(PROFILE)/bench.json, then REPORT.md"
+	@echo "make lab          JupyterLab on this repository with the disback kernel (LAB_PORT=8888)"
+	@echo "make setup        create .venv with the package, its dev tools and the disback Jupyter kernel"
+	@echo "make clean        remove runs/ and results/smoke/"
+	@echo "make clean-runs   empty runs/$(PROFILE)/ (the shared runs; time a full reproduction from none)"
+	@echo "make convert-teacher PKL=... OUT=...  convert a downloaded EDM pickle to safetensors (safe loader)"
+	@echo "variables: PROFILE=smoke|cpu|paper (default cpu), SETTING=ring2d|digits, JOBS=2"
 
 setup: $(STAMP)
 
@@ -64,9 +78,24 @@ REPORT_OUT = $(if $(filter cpu,$(PROFILE)),REPORT.md,results/$(PROFILE)/REPORT.m
 report: setup
 	$(PY) -m disback.report --results results --profile $(PROFILE) --out $(REPORT_OUT)
 
+# The wall time lands in results/test_time.json (git-ignored), which `make bench` quotes.
 test: setup
-	$(PY) -m pytest tests
-	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name disback notebooks
+	@start=$$(date +%s); \
+	$(PY) -m pytest tests && \
+	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name disback notebooks; rc=$$?; \
+	$(PY) -m disback.bench --results results --record-test-time $$(( $$(date +%s) - start )) --test-rc $$rc; \
+	exit $$rc
+
+bench: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m disback.bench --profile $(PROFILE) --results results
+	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+
+# JupyterLab on the repository, new notebooks on the disback kernel; LAB_ARGS passes more options (--no-browser).
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --ServerApp.port=$(LAB_PORT) \
+	  --MappingKernelManager.default_kernel_name=disback $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 smoke:
 	$(MAKE) reproduce PROFILE=smoke

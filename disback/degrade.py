@@ -15,9 +15,11 @@ from .config import DegradeConfig
 from .generator import frozen_copy, make_generator
 from .path import MANIFEST, DegradationPath, PathWriter, node_steps
 from .progress import bar as progress_bar
+from .runlock import locks_run_dir
 from .steps import fake_score_step
 
 
+@locks_run_dir
 def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool = True) -> DegradationPath:
     """Record the degradation path of ``teacher`` toward its one-step generator G0 into ``run_dir/path``."""
     run_dir = Path(run_dir)

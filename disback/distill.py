@@ -22,6 +22,7 @@ from .diffusion import heun_nfe
 from .generator import EMA, frozen_copy, make_generator
 from .path import DegradationPath, TargetSchedule
 from .progress import bar as progress_bar
+from .runlock import locks_run_dir
 from .steps import (BACKWARD, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
                     generator_step, regression_pairs)
 
@@ -71,6 +72,7 @@ class _Costs:
         self.cost += self.per_update_cost
 
 
+@locks_run_dir
 def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | None = None,
             metric_fn: Callable[[torch.nn.Module], dict] | None = None, progress: bool = True,
             probe_fn: Callable[..., dict] | None = None) -> DistillResult:

@@ -201,6 +201,8 @@ def render(results: Path, profile: str, root: Path, claims_file: Path | None = N
             lines += ["", "Figures: " + ", ".join(f"[{Path(p).stem}]({(results / profile / p).relative_to(root)})"
                                                   for p in rec.get("figures", [])),
                       "", f"Source: `{f.relative_to(root)}`."]
+    from .bench import bench_lines
+    lines += bench_lines(results, profile, root)
     lines += ["", "## Run time per notebook (papermill metadata)", ""] + _timings(results, profile, root)
     lines += ["", "## Reliability: what the tests check", "",
               "Every item is a test in `make test`; the list is read from the test files.", ""]

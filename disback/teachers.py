@@ -8,6 +8,7 @@ import torch
 from .checkpoint import (ArtifactError, TrainingState, check_finite, fingerprint, load_module, load_tensors, read_json,
                          save_tensors, tensor_digest, write_json)
 from .config import TeacherConfig
+from .runlock import locks_run_dir
 from .diffusion import EDMPrecond, denoising_loss, sample_sigma
 from .generator import EMA
 from .networks import build_backbone
@@ -28,6 +29,9 @@ def _check_data(data, labels):
                          f"{getattr(data, 'shape', type(data).__name__)}")
     if len(data) < 2 or not torch.isfinite(data).all():
         raise ValueError("data: must hold at least 2 samples, all finite")
+    if bool((data == data[:1]).all()):  # sigma_data = std would be 0 and the first loss non-finite
+        raise ValueError(f"data has zero spread (every sample identical / std 0): all {len(data)} samples equal "
+                         f"the first; a diffusion model needs data that varies")
     if labels is not None and (labels.shape != (len(data),) or labels.dtype != torch.long or labels.min() < 0):
         raise ValueError(f"labels: must be a non-negative int64 tensor of shape [{len(data)}]; got "
                          f"{tuple(labels.shape)} {labels.dtype}")
@@ -38,6 +42,7 @@ def _data_hash(data: torch.Tensor, labels: torch.Tensor | None) -> str:
     return tensor_digest(data, labels, extra=str((tuple(data.shape), str(data.dtype))), shapes=False)
 
 
+@locks_run_dir
 def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config: TeacherConfig = TeacherConfig(),
                   progress: bool = True, *, run_dir=None) -> EDMPrecond:
     """Train a denoiser on ``data`` (``[N, D]`` or ``[N, C, H, W]``) by EDM score matching; returns its EMA weights.

@@ -423,6 +423,12 @@ BAD_INPUTS = {
     "float labels": (lambda t, p, tmp: train_teacher(torch.randn(10, 2), torch.zeros(10), TeacherConfig(iters=1),
                                                      False),
                      ["labels:", "int64", "torch.float32"]),
+    "data with zero spread": (lambda t, p, tmp: train_teacher(torch.full((10, 2), 3.0), None,
+                                                              TeacherConfig(iters=1), False, run_dir=tmp),
+                              ["data has zero spread", "every sample identical / std 0", "all 10 samples"]),
+    "identical samples": (lambda t, p, tmp: train_teacher(torch.tensor([[0.0, 1.0]]).repeat(8, 1), None,
+                                                          TeacherConfig(iters=1), False),
+                          ["data has zero spread", "all 8 samples equal the first"]),
     "mlp on images": (lambda t, p, tmp: build_denoiser(TeacherConfig(arch="mlp"), (1, 8, 8), 1.0),
                       ["arch='mlp'", "vector data [N, D]", "(1, 8, 8)"]),
 }

@@ -1,0 +1,66 @@
+"""One writer per run folder: a stage that trains into a folder holds its lock until it returns.
+
+The lock is ``filelock``'s OS lock (``flock`` on Linux and macOS) on ``<run_dir>/.lock``; the kernel drops it
+when the holder exits or is killed, so a stale lock file from a killed process never blocks a rerun. The
+holder's process id is written beside it in ``<run_dir>/.lock.pid``, only so that the refusal can name it.
+Within one process the lock is re-entrant (``backtrack`` calls ``distill``, a notebook may nest stages).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+LOCK_FILE, PID_FILE = ".lock", ".lock.pid"
+
+
+class RunFolderInUse(RuntimeError):
+    """Another process is training into the same run folder."""
+
+
+def _holder(run_dir: Path) -> str:
+    """The process id the holder wrote, or ``unknown`` if it has not written it yet."""
+    try:
+        return (run_dir / PID_FILE).read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold ``run_dir``'s lock for the body; raise ``RunFolderInUse`` at once if another process holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / LOCK_FILE, is_singleton=True)  # one instance per path: re-entrant in a process
+    outermost = not lock.is_locked
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise RunFolderInUse(f"{run_dir} is in use by process {_holder(run_dir)} (lock file {run_dir / LOCK_FILE}); "
+                             f"wait for it or stop it") from None
+    try:
+        if outermost:
+            (run_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        if outermost:
+            (run_dir / PID_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
+def locks_run_dir(fn):
+    """Decorate a stage whose ``run_dir`` argument names its folder: the call holds that folder's lock."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        run_dir = signature.bind(*args, **kwargs).arguments.get("run_dir")
+        if run_dir is None:
+            return fn(*args, **kwargs)
+        with run_lock(run_dir):
+            return fn(*args, **kwargs)
+    return wrapper
