@@ -109,7 +109,6 @@ clean-runs:
 
 # Paper scale: convert a downloaded EDM pickle once (never executing its code) into safetensors + JSON.
 # make convert-teacher PKL=downloads/edm-ffhq-64x64-uncond-vp.pkl OUT=teachers/ffhq64
-.PHONY: convert-teacher
 convert-teacher: setup
 	@test -n "$(PKL)" -a -n "$(OUT)" || { echo "usage: make convert-teacher PKL=<edm pickle> OUT=<folder>"; exit 2; }
 	$(PY) -m disback convert-teacher $(PKL) $(OUT)
