@@ -43,14 +43,17 @@ JOBS ?= 2
 OUTDIR := results/$(PROFILE)/notebooks
 PROGRESS := runs/$(PROFILE)/progress.log
 STEMS = $(foreach s,$(RUN_SETTINGS),$(basename $(notdir $(wildcard params/$(PROFILE)/*__$(s).yaml))))
-# What each notebook reads from the others of its setting (records, the path, shared runs).
+# What each notebook reads from the others of its setting (records, the path); NEEDS_NN__<setting> overrides
+# NEEDS_NN. Notebooks 04-06 run side by side: where two ask for the same shared run, the second waits on the run
+# folder's lock for the first to finish it, then loads it.
 NEEDS_02 := 01
 NEEDS_03 := 02
 NEEDS_04 := 03
-NEEDS_05 := 04
+NEEDS_05 := 03
 NEEDS_06 := 03
 stem_of = $(filter $(1)_%__$(2),$(STEMS))
-$(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(NEEDS_$(firstword $(subst _, ,$(st)))),$(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(call stem_of,$(n),$(lastword $(subst __, ,$(st)))))))))
+needs_of = $(or $(NEEDS_$(1)__$(2)),$(NEEDS_$(1)))
+$(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(call needs_of,$(firstword $(subst _, ,$(st))),$(lastword $(subst __, ,$(st)))),$(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(call stem_of,$(n),$(lastword $(subst __, ,$(st)))))))))
 
 reproduce: setup
 	@test -n "$(STEMS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }

@@ -93,7 +93,7 @@ def _teacher(runs: Path, profile: str, config: TeacherConfig, train: torch.Tenso
 
 def stage2_config(params: dict, num_nodes: int) -> DistillConfig:
     """Notebook 03's stage-2 config; where it tunes the share of updates on intermediate nodes, its first share."""
-    fields = params.get("distill", {})
+    fields = params.get("distill_config", {})
     config = DistillConfig.from_dict({**fields, "method": params.get("method", "diff_instruct")})
     if "iters_per_node" not in fields and "shares" in params:
         config = config.replace(iters_per_node=max(1, round(params["shares"][0] * config.iters / num_nodes)))
@@ -168,9 +168,9 @@ def run(profile: str, results: Path, runs: Path, root: Path) -> dict:
     p1, p2, p3 = (notebook_params(root, profile, nb) for nb in
                   ("01_teacher_setup", "02_degradation_recording", "03_distribution_backtracking"))
     setting = load_setting(SETTING, num_train=p1.get("num_train", 4000), num_reference=10)
-    teacher, source = _teacher(runs, profile, TeacherConfig.from_dict(p1.get("teacher", {})), setting.train,
+    teacher, source = _teacher(runs, profile, TeacherConfig.from_dict(p1.get("teacher_config", {})), setting.train,
                                scale["teacher_iters"])
-    degrade = DegradeConfig.from_dict(p2.get("degrade", {}))
+    degrade = DegradeConfig.from_dict(p2.get("degrade_config", {}))
     config = stage2_config(p3, degrade.num_nodes)
     record = {"profile": profile, "setting": SETTING, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(), "teacher": source}

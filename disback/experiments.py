@@ -155,18 +155,24 @@ def shared_path(paths: Paths, teacher, config: DegradeConfig, progress: bool = T
     return record_degradation(teacher, config, paths.runs / "paths" / key, progress=progress)
 
 
+SHARED_RUN_WAIT = 3600.0  # seconds a notebook waits for another that trains the same shared run
+
+
 def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root: Path, num_eval: int,
               path: DegradationPath | None = None, progress: bool = True, probe_fn=None) -> list:
     """``distill`` once per seed (into ``run_root/seed<k>``); returns the per-seed ``DistillResult``s."""
     if (config.backtrack or config.fake_from_path) and path is None:
         raise ArtifactError("backtrack / fake_from_path need the degradation path (run notebook 02 first)")
     from .progress import RunCounter
+    from .runlock import run_lock
 
     counter, results = RunCounter(len(seeds), f"{Path(run_root).name}"), []
     for seed in seeds:
-        results.append(distill(teacher, config.replace(seed=int(seed)), Path(run_root) / f"seed{seed}", path=path,
-                               metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress,
-                               probe_fn=probe_fn))
+        run_dir = Path(run_root) / f"seed{seed}"
+        with run_lock(run_dir, wait=SHARED_RUN_WAIT):  # another notebook training this very run: wait, then load it
+            results.append(distill(teacher, config.replace(seed=int(seed)), run_dir, path=path,
+                                   metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress,
+                                   probe_fn=probe_fn))
         counter.step(f"seed {seed}")
     return results
 

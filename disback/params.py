@@ -6,7 +6,7 @@
 The type a parameter takes is its annotation when the cell has one (``num_eval: int = 500``), else the type
 of its literal default (``num_eval = 500``): int, float, str, bool, list or dict. An int is accepted where a
 float is expected, never the reverse; a ``None`` or non-literal default accepts anything. The dicts
-``teacher``, ``degrade`` and ``distill`` must also build their config dataclass (``from_dict``).
+``teacher_config``, ``degrade_config`` and ``distill_config`` must also build their config dataclass (``from_dict``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import yaml
 
 from .config import DegradeConfig, DistillConfig, TeacherConfig
 
-CONFIG_PARAMS = {"teacher": TeacherConfig, "degrade": DegradeConfig, "distill": DistillConfig}
+CONFIG_PARAMS = {"teacher_config": TeacherConfig, "degrade_config": DegradeConfig, "distill_config": DistillConfig}
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 
 

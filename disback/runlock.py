@@ -31,14 +31,15 @@ def _holder(run_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir):
-    """Hold ``run_dir``'s lock for the body; raise ``RunFolderInUse`` at once if another process holds it."""
+def run_lock(run_dir, wait: float = 0.0):
+    """Hold ``run_dir``'s lock for the body. If another process holds it: raise ``RunFolderInUse`` at once, or with
+    ``wait`` > 0 wait up to that many seconds for it first (notebooks sharing a run wait for the one training it)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(run_dir / LOCK_FILE, is_singleton=True)  # one instance per path: re-entrant in a process
     outermost = not lock.is_locked
     try:
-        lock.acquire(blocking=False)
+        lock.acquire(timeout=wait) if wait > 0 else lock.acquire(blocking=False)
     except Timeout:
         raise RunFolderInUse(f"{run_dir} is in use by process {_holder(run_dir)} (lock file {run_dir / LOCK_FILE}); "
                              f"wait for it or stop it") from None

@@ -45,7 +45,7 @@ def test_bench_json_has_every_field(smoke):
               r["stage1"]["nfe_share"], r["sampling"]["throughput_ratio"]]
     assert all(math.isfinite(x) and x > 0 for x in ratios), ratios
     assert 0 < r["stage1"]["time_share"] < 1 and 0 < r["stage1"]["nfe_share"] < 1
-    degrade = bench.DegradeConfig.from_dict(bench.notebook_params(ROOT, "smoke", "02_degradation_recording")["degrade"])
+    degrade = bench.DegradeConfig.from_dict(bench.notebook_params(ROOT, "smoke", "02_degradation_recording")["degrade_config"])
     config = bench.stage2_config(bench.notebook_params(ROOT, "smoke", "03_distribution_backtracking"), degrade.num_nodes)
     assert r["stage2"]["num_switches"] == degrade.num_nodes and r["stage2"]["iters"] == config.iters
     assert r["stage1"]["nfe"] == degrade.iters * degrade.batch * 2  # 2 NFE per sample: G0 and the degrading copy

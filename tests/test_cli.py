@@ -8,7 +8,7 @@ from disback import params, report
 
 
 def test_params_reject_unknown_key_wrong_type_and_bad_config_value(tmp_path):
-    bad = {"bogus": 1, "num_eval": "x", "teacher": {"width": 0}, "setting": "ring2d"}
+    bad = {"bogus": 1, "num_eval": "x", "teacher_config": {"width": 0}, "setting": "ring2d"}
     problems = params.check("notebooks/01_teacher_setup.ipynb", bad)
     assert len(problems) == 3
     assert any("bogus: unknown parameter" in p for p in problems)
@@ -16,7 +16,7 @@ def test_params_reject_unknown_key_wrong_type_and_bad_config_value(tmp_path):
     assert any("TeacherConfig.width=0: must be > 0" in p for p in problems)
     assert params.check("notebooks/01_teacher_setup.ipynb", {"setting": "ring2d", "num_eval": 100}) == []
     f = tmp_path / "p.yaml"
-    f.write_text("teacher: {depth: -1}\n")
+    f.write_text("teacher_config: {depth: -1}\n")
     assert params.main(["notebooks/01_teacher_setup.ipynb", str(f)]) == 2
 
 
@@ -39,13 +39,15 @@ def test_report_claim_status_follows_the_interval(tmp_path, interval, status):
     rec = {"notebook": "04_baselines", "setting": "ring2d", "profile": "cpu", "status": "ok", "primary": "w2",
            "figures": [], "tables": [], "summary": {
                "seeds": [0, 1, 2, 3, 4], "iters": 100, "threshold": 0.3, "threshold_factor": 1.5,
-               "methods": {m: {"speedup_updates": s, "speedup_evaluations": s, "baseline": {"reached": [True] * 5},
+               "headline_share": 0.1, "num_nodes": 4,
+               "methods": {m: {"speedup_updates": s, "speedup_compute": s, "baseline": {"reached": [True] * 5},
                                "DisBack": {"reached": [not s["censored"]] * 5}} for m in ("diff_instruct", "dmd")}}}
     (metrics / "04_baselines__ring2d.json").write_text(json.dumps(rec))
     assert report.speedup_status(s) == status
     text = report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS)
     row = next(line for line in text.splitlines() if line.startswith("| DisBack converges faster"))
-    assert f"**{status}**" in row and f"{interval[0]:.2f}x [{interval[1]:.2f}, {interval[2]:.2f}]" in row
+    assert f"**{status} at the headline schedule: 10% of 100 updates on 3 intermediate nodes" in row
+    assert f"{interval[0]:.2f}x [{interval[1]:.2f}, {interval[2]:.2f}]" in row
     assert "results/cpu/metrics/04_baselines__ring2d.json" in row
     assert "pending: not in this profile" in next(line for line in text.splitlines() if "**sid**" in line)
     assert "| DisBack one-step FID, ImageNet 64x64 (class-conditional) | 1.38 |" in text
@@ -64,14 +66,18 @@ def test_censoring_decides_only_in_the_direction_of_the_bound():
 def test_report_reads_numbers_from_results(tmp_path):
     metrics = tmp_path / "results" / "cpu" / "metrics"
     metrics.mkdir(parents=True)
-    run = {"mean": 0.123456, "std": 0.01, "min": 0.11, "max": 0.14, "n": 3, "per_seed": [0.11, 0.12, 0.14]}
+    arm = {"method": "diff_instruct", "lr_gen": 0.0002, "lr_fake": 0.001, "iters_per_node": 13}
     rec = {"notebook": "03_distribution_backtracking", "setting": "ring2d", "profile": "cpu", "status": "ok",
-           "primary": "w2", "figures": [], "tables": [],
-           "summary": {"initial": {"w2": 1.5}, "teacher": {"w2": 0.2}, "seeds": [0, 1, 2], "iters": 10,
-                       "config": {"method": "diff_instruct"}, "methods": {"DisBack": {"w2": run}}}}
+           "primary": "w2", "figures": [], "tables": ["tables/03_final__ring2d.md"],
+           "summary": {"initial": {"w2": 1.5}, "teacher": {"w2": 0.2}, "seeds": [0, 1, 2], "iters": 400,
+                       "tuning_seed": 1000, "trials": {"baseline": [{}, {}], "DisBack": [{}, {}]},
+                       "headline": {"baseline": arm, "DisBack": arm}, "headline_share": 0.0975, "num_nodes": 4}}
     (metrics / "03_distribution_backtracking__ring2d.json").write_text(json.dumps(rec))
+    (metrics.parent / "tables").mkdir()
+    (metrics.parent / "tables" / "03_final__ring2d.md").write_text("| arm | final_mean |\n|---|---|\n| DisBack | 0.1235 |\n")
     text = report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS)
-    assert "0.1235 ± 0.01" in text and "| initial generator G0 | 1.5 |" in text
+    assert "| DisBack | 0.1235 |" in text and "Initial generator G0: 1.5; teacher: 0.2" in text
+    assert "**10% of the updates on intermediate nodes** (3 nodes x 13 updates" in text
     assert "Pending: no results" in text  # notebooks 01 and 02 have none here
     with pytest.raises(SystemExit):
         report.main(["--help"])

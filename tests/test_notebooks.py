@@ -21,7 +21,7 @@ def test_smoke_notebook_is_deterministic(notebook, tmp_path):
     records = []
     for run in ("a", "b"):
         params = {"profile": "smoke", "results_root": str(tmp_path / run / "results"),
-                  "runs_root": str(tmp_path / run / "runs"), "teacher": {"width": 16, "depth": 1, "iters": 30},
+                  "runs_root": str(tmp_path / run / "runs"), "teacher_config": {"width": 16, "depth": 1, "iters": 30},
                   "num_eval": 200, "num_train": 1000, "num_reference": 200}
         pm.execute_notebook(str(ROOT / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / f"{run}.ipynb"),
                             parameters=params, kernel_name="disback", cwd=str(ROOT / "notebooks"),
@@ -33,10 +33,10 @@ def test_smoke_notebook_is_deterministic(notebook, tmp_path):
 
 
 DIGITS_TINY = {  # every notebook on the digits setting through its parameters only, at a scale of seconds
-    "01_teacher_setup": {"teacher": {"arch": "unet", "width": 8, "depth": 1, "iters": 20, "batch": 32},
+    "01_teacher_setup": {"teacher_config": {"arch": "unet", "width": 8, "depth": 1, "iters": 20, "batch": 32},
                          "sampler_steps": 4, "sigma_max": 80.0},
-    "02_degradation_recording": {"degrade": {"iters": 6, "num_nodes": 2, "batch": 16}, "sampler_steps": 4},
-    "03_distribution_backtracking": {"distill": {"iters": 6, "batch": 16, "eval_every": 3, "snapshot_every": 3},
+    "02_degradation_recording": {"degrade_config": {"iters": 6, "num_nodes": 2, "batch": 16}, "sampler_steps": 4},
+    "03_distribution_backtracking": {"distill_config": {"iters": 6, "batch": 16, "eval_every": 3, "snapshot_every": 3},
                                      "lr_gen_grid": [0.0002], "baseline_grid": {"lr_fake": [0.001]},
                                      "shares": [0.5], "seeds": [0, 1], "snapshot_steps": [0, 6]},
     "04_baselines": {"methods": ["diff_instruct", "sid"], "seeds": [0, 1]},

@@ -16,9 +16,9 @@ seeds = [0, 1]             # one run per seed
 setting_options = {}       # extra options of load_setting
 checkpoint = None          # anything goes
 steps: int = 18            # annotated
-teacher = {"width": 32, "depth": 1, "iters": 200}
-degrade = {"iters": 60, "num_nodes": 4}
-distill = {"iters": 60, "iters_per_node": 10}
+teacher_config = {"width": 32, "depth": 1, "iters": 200}
+degrade_config = {"iters": 60, "num_nodes": 4}
+distill_config = {"iters": 60, "iters_per_node": 10}
 '''
 
 
@@ -50,8 +50,8 @@ def test_valid_file_passes_silently(notebook, tmp_path, capsys):
     """A file using every kind of parameter correctly exits 0 with no output."""
     out = run_cli(notebook, tmp_path, "profile: cpu\nnum_eval: 1000\nsigma_max: 40\nuse_ema: false\nseeds: [0, 1, 2]\n"
                                       "setting_options: {std: 0.2}\ncheckpoint: runs/x\nsteps: 40\n"
-                                      "teacher: {width: 128, lr: 0.002}\ndegrade: {iters: 400, spacing: early}\n"
-                                      "distill: {method: sid, backtrack: true}\n", capsys)
+                                      "teacher_config: {width: 128, lr: 0.002}\ndegrade_config: {iters: 400, spacing: early}\n"
+                                      "distill_config: {method: sid, backtrack: true}\n", capsys)
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
     assert run_cli(notebook, tmp_path, "", capsys).returncode == 0  # an empty file means the notebook's defaults
 
@@ -68,13 +68,13 @@ BAD = [
     ("seeds: 3", "seeds=3: must be of type list like the default [0, 1]"),
     ("setting_options: [1]", "setting_options=[1]: must be of type dict like the default {}"),
     ("steps: 1.5", "steps=1.5: must be of type int like the default 18"),
-    ("teacher: 32", "teacher=32: must be of type dict"),
-    ("teacher: {widht: 32}", "teacher: TeacherConfig: unknown key(s) ['widht']; allowed keys are"),
-    ("teacher: {lr: 1e-3}", "teacher: TeacherConfig.lr='1e-3': must be of type float (YAML reads 1e-3 as a string"),
-    ("degrade: {iters: 10, num_nodes: 50}", "degrade: DegradeConfig.num_nodes=50: must be <= iters (10)"),
-    ("degrade: {sigma_init: -2.5}", "degrade: DegradeConfig.sigma_init=-2.5: must be > 0"),
-    ("distill: {method: gan}", "distill: DistillConfig.method='gan': must be one of ('diff_instruct', 'dmd'"),
-    ("distill: {batch: 0}", "distill: DistillConfig.batch=0: must be > 0"),
+    ("teacher_config: 32", "teacher_config=32: must be of type dict"),
+    ("teacher_config: {widht: 32}", "teacher_config: TeacherConfig: unknown key(s) ['widht']; allowed keys are"),
+    ("teacher_config: {lr: 1e-3}", "teacher_config: TeacherConfig.lr='1e-3': must be of type float (YAML reads 1e-3 as a string"),
+    ("degrade_config: {iters: 10, num_nodes: 50}", "degrade_config: DegradeConfig.num_nodes=50: must be <= iters (10)"),
+    ("degrade_config: {sigma_init: -2.5}", "degrade_config: DegradeConfig.sigma_init=-2.5: must be > 0"),
+    ("distill_config: {method: gan}", "distill_config: DistillConfig.method='gan': must be one of ('diff_instruct', 'dmd'"),
+    ("distill_config: {batch: 0}", "distill_config: DistillConfig.batch=0: must be > 0"),
 ]
 
 
@@ -89,7 +89,7 @@ def test_each_bad_parameter_gives_one_message(notebook, tmp_path, line, message)
 
 def test_cli_reports_every_problem_and_exits_2(notebook, tmp_path):
     """`python -m disback.params` prints one stderr line per problem, all of them, and exits 2."""
-    out = run_cli(notebook, tmp_path, "bogus: 1\nnum_eval: x\nteacher: {width: 0}\nprofile: cpu\n")
+    out = run_cli(notebook, tmp_path, "bogus: 1\nnum_eval: x\nteacher_config: {width: 0}\nprofile: cpu\n")
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and out.stdout == "" and len(lines) == 3, out.stderr
     assert "bogus: unknown" in lines[0] and "num_eval='x'" in lines[1] and "TeacherConfig.width=0" in lines[2]

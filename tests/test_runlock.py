@@ -108,3 +108,20 @@ def test_training_without_run_dir_takes_no_lock(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_teacher(torch.randn(32, 2), config=TeacherConfig(width=8, depth=1, iters=1, batch=8), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_waiting_reader_takes_the_lock_once_the_holder_is_done(tmp_path):
+    """Notebooks sharing a run wait (``wait`` > 0) for the process training it rather than stopping: the wait ends
+    when the holder exits, and a wait that runs out names the holder as usual."""
+    holder = _start_holder(tmp_path / "run")
+    with pytest.raises(RunFolderInUse, match=f"in use by process {holder.pid}"):
+        with run_lock(tmp_path / "run", wait=0.5):
+            pass
+    threading_kill = subprocess.Popen([sys.executable, "-c", f"import os, signal, time; time.sleep(1.0); "
+                                       f"os.kill({holder.pid}, signal.SIGTERM)"])
+    start = time.time()
+    with run_lock(tmp_path / "run", wait=30):
+        waited = time.time() - start
+    threading_kill.wait(timeout=30)
+    holder.wait(timeout=30)
+    assert 0.5 < waited < 30

@@ -117,8 +117,10 @@ def test_the_code_key_follows_the_computation_not_the_plots(tmp_path):
     shutil.copytree(Path(disback.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
     before = sources_digest(package)
     assert before == code_fingerprint()
-    for name in PRESENTATION_MODULES:
-        (package / name).write_text((package / name).read_text() + "\n# restyled\n")
+    restyled = [f for f in package.rglob("*.py") if f.name in PRESENTATION_MODULES]
+    assert {f.name for f in restyled} == set(PRESENTATION_MODULES)
+    for f in restyled:
+        f.write_text(f.read_text() + "\n# restyled\n")
     assert sources_digest(package) == before
     (package / "losses.py").write_text((package / "losses.py").read_text() + "\n# changed\n")
     assert sources_digest(package) != before

@@ -145,6 +145,41 @@ def _check_variant(name: str, value, allowed: tuple):
         raise ValueError(f"{name}={value!r}: only {allowed} is implemented (the released 64x64 EDM teachers)")
 
 
+def _unet_layout(img_resolution: int, in_channels: int, first_channels: int, model_channels: int, channel_mult,
+                 num_blocks: int, attn_resolutions, block: dict, last_only: bool):
+    """Encoder and decoder ``ModuleDict``s of both EDM U-Nets, with EDM's module names; returns (enc, dec, channels).
+
+    Encoder: an input conv, then per resolution a downsampling block (below the top) and ``num_blocks`` blocks.
+    Decoder: two middle blocks at the bottom, an upsampling block above it, and ``num_blocks + 1`` blocks that each
+    take one skip. Attention at ``attn_resolutions``: on every decoder block, or (``last_only``, DDPM++) the last.
+    """
+    enc, cout = nn.ModuleDict(), in_channels
+    for level, mult in enumerate(channel_mult):
+        res = img_resolution >> level
+        if level == 0:
+            cin, cout = cout, first_channels
+            enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, 3)
+        else:
+            enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
+        for idx in range(num_blocks):
+            cin, cout = cout, model_channels * mult
+            enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
+    skips = [m.out_channels for m in enc.values()]
+    dec = nn.ModuleDict()
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        res = img_resolution >> level
+        if level == len(channel_mult) - 1:
+            dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
+            dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+        else:
+            dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+        for idx in range(num_blocks + 1):
+            cin, cout = cout + skips.pop(), model_channels * mult
+            attn = res in attn_resolutions and (idx == num_blocks or not last_only)
+            dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
+    return enc, dec, cout
+
+
 class SongUNet(nn.Module):
     """DDPM++ U-Net as in EDM: ``channel_mult`` resolutions of ``num_blocks`` blocks, attention at 16x16."""
 
@@ -169,37 +204,12 @@ class SongUNet(nn.Module):
         self.map_layer0 = Linear(noise_channels, emb_channels)
         self.map_layer1 = Linear(emb_channels, emb_channels)
 
-        # Encoder: an input conv, then per resolution a downsampling block (below the top) and num_blocks blocks.
-        self.enc = nn.ModuleDict()
-        cout = in_channels
-        for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
-            if level == 0:
-                cin, cout = cout, model_channels
-                self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, 3)
-            else:
-                self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
-            for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
-        skips = [m.out_channels for m in self.enc.values()]
-
-        # Decoder: two middle blocks at the bottom, an upsampling block above it; every "_block" takes one skip.
-        self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
-            if level == 0:
-                self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
-                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3)
+        # Encoder and decoder (EDM's layout and names); the decoder ends in an auxiliary norm + conv at the top.
+        self.enc, self.dec, cout = _unet_layout(img_resolution, in_channels, model_channels, model_channels,
+                                                channel_mult, num_blocks, attn_resolutions, block, last_only=True)
+        res = img_resolution
+        self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
+        self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels=None, augment_labels=None):
         emb = self.map_noise(noise_labels)
@@ -252,33 +262,10 @@ class DhariwalUNet(nn.Module):
         self.map_layer1 = Linear(emb_channels, emb_channels)
         self.map_label = Linear(label_dim, emb_channels, bias=False) if label_dim else None
 
-        # Encoder.
-        self.enc = nn.ModuleDict()
-        cout = in_channels
-        for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
-            if level == 0:
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, 3)
-            else:
-                self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
-            for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
-        skips = [m.out_channels for m in self.enc.values()]
-
-        # Decoder.
-        self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
+        # Encoder and decoder (EDM's layout and names).
+        self.enc, self.dec, cout = _unet_layout(img_resolution, in_channels, model_channels * channel_mult[0],
+                                                model_channels, channel_mult, num_blocks, attn_resolutions, block,
+                                                last_only=False)
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3)
 
