@@ -42,7 +42,11 @@ RUN_SETTINGS = $(if $(filter-out *,$(SETTING)),$(SETTING),$(SETTINGS))
 JOBS ?= 2
 OUTDIR := results/$(PROFILE)/notebooks
 PROGRESS := runs/$(PROFILE)/progress.log
-STEMS = $(foreach s,$(RUN_SETTINGS),$(basename $(notdir $(wildcard params/$(PROFILE)/*__$(s).yaml))))
+# Settings in the order of their longest chain of notebooks (digits first): a free job slot goes to the first
+# goal whose prerequisites are done, so the long chain never waits behind the short one.
+SETTING_ORDER = digits ring2d
+ORDERED_SETTINGS = $(filter $(SETTING_ORDER),$(RUN_SETTINGS)) $(filter-out $(SETTING_ORDER),$(RUN_SETTINGS))
+STEMS = $(foreach s,$(ORDERED_SETTINGS),$(basename $(notdir $(wildcard params/$(PROFILE)/*__$(s).yaml))))
 # What each notebook reads from the others of its setting (records, the path); NEEDS_NN__<setting> overrides
 # NEEDS_NN. Notebooks 04-06 run side by side: where two ask for the same shared run, the second waits on the run
 # folder's lock for the first to finish it, then loads it.
