@@ -42,19 +42,22 @@ RUN_SETTINGS = $(if $(filter-out *,$(SETTING)),$(SETTING),$(SETTINGS))
 JOBS ?= 2
 OUTDIR := results/$(PROFILE)/notebooks
 PROGRESS := runs/$(PROFILE)/progress.log
-# Settings in the order of their longest chain of notebooks (digits first): a free job slot goes to the first
-# goal whose prerequisites are done, so the long chain never waits behind the short one.
+# Settings in the order of their longest chain of notebooks (digits first).
 SETTING_ORDER = digits ring2d
 ORDERED_SETTINGS = $(filter $(SETTING_ORDER),$(RUN_SETTINGS)) $(filter-out $(SETTING_ORDER),$(RUN_SETTINGS))
 STEMS = $(foreach s,$(ORDERED_SETTINGS),$(basename $(notdir $(wildcard params/$(PROFILE)/*__$(s).yaml))))
 # What each notebook reads from the others of its setting (records, the path); NEEDS_NN__<setting> overrides
-# NEEDS_NN. Notebooks 04-06 run side by side: where two ask for the same shared run, the second waits on the run
-# folder's lock for the first to finish it, then loads it.
+# NEEDS_NN. Where two notebooks ask for the same shared run, the second waits on the run folder's lock for the
+# first to finish it, then loads it. digits has the longest chain (01-02-03-05, most of the cpu profile's time),
+# so ring2d's notebooks are chained one after another: at most one of them is ready at a time, and the digits
+# chain always has the other job slot.
 NEEDS_02 := 01
 NEEDS_03 := 02
 NEEDS_04 := 03
 NEEDS_05 := 03
 NEEDS_06 := 03
+NEEDS_05__ring2d := 04
+NEEDS_06__ring2d := 05
 stem_of = $(filter $(1)_%__$(2),$(STEMS))
 needs_of = $(or $(NEEDS_$(1)__$(2)),$(NEEDS_$(1)))
 $(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(call needs_of,$(firstword $(subst _, ,$(st))),$(lastword $(subst __, ,$(st)))),$(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(call stem_of,$(n),$(lastword $(subst __, ,$(st)))))))))

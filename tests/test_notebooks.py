@@ -37,7 +37,7 @@ DIGITS_TINY = {  # every notebook on the digits setting through its parameters o
                          "sampler_steps": 4, "sigma_max": 80.0},
     "02_degradation_recording": {"degrade_config": {"iters": 6, "num_nodes": 2, "batch": 16}, "sampler_steps": 4},
     "03_distribution_backtracking": {"distill_config": {"iters": 6, "batch": 16, "eval_every": 3, "snapshot_every": 3},
-                                     "baseline_grid": {"lr_gen": [0.0002]}, "disback_grid": {"share": [0.5]},
+                                     "baseline_grid": {"lr_gen": [0.0002]}, "disback_grid": {"lr_gen": [0.0002], "share": [0.5]},
                                      "seeds": [0, 1], "snapshot_steps": [0, 6]},
     "04_baselines": {"methods": ["diff_instruct", "sid"], "seeds": [0, 1]},
     "05_ablation_nodes": {"shares": [0.5], "node_counts": {"diff_instruct": [2]}, "extra_rows": ["fitted"],
