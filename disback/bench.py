@@ -92,11 +92,15 @@ def _teacher(runs: Path, profile: str, config: TeacherConfig, train: torch.Tenso
 
 
 def stage2_config(params: dict, num_nodes: int) -> DistillConfig:
-    """Notebook 03's stage-2 config; where it tunes the share of updates on intermediate nodes, its first share."""
+    """Notebook 03's stage-2 config; DisBack's share of updates on intermediate nodes is the first share its tuning
+    grid tries (10% where it names none: the released code's share)."""
+    from .analysis import iters_per_node_for_share
+
     fields = params.get("distill_config", {})
     config = DistillConfig.from_dict({**fields, "method": params.get("method", "diff_instruct")})
-    if "iters_per_node" not in fields and "shares" in params:
-        config = config.replace(iters_per_node=max(1, round(params["shares"][0] * config.iters / num_nodes)))
+    if "iters_per_node" not in fields:
+        share = (params.get("disback_grid", {}).get("share") or [0.1])[0]
+        config = config.replace(iters_per_node=iters_per_node_for_share(share, num_nodes, config.iters))
     return config
 
 
@@ -179,7 +183,8 @@ def run(profile: str, results: Path, runs: Path, root: Path) -> dict:
     record["sampling"] = sampling_costs(teacher, degrade.sigma_init, p1.get("sampler_steps", 18),
                                         p1.get("sigma_max", 20.0), scale)
     record["paper_sampling"] = [{"teacher": k, "heun_nfe": v, "nfe_ratio": v,
-                                 "status": "pending: needs the paper's teachers (`make download`, PROFILE=paper)"}
+                                 "status": "pending: needs the paper's teachers (EDM pickles converted by "
+                                           "`make convert-teacher`) and a GPU"}
                                 for k, v in PAPER_TEACHERS.items()]
     record.update(wall_times(results, profile))
     record["bench_seconds"] = time.perf_counter() - start

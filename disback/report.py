@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .results import fmt_number
+from .stats import speedup
 from .verdicts import mismatch_text, range_text, schedule_text, speedup_status, speedup_text
 
 NOTEBOOKS = {
@@ -22,7 +23,7 @@ NOTEBOOKS = {
     "02_degradation_recording": "Degradation recording (stage 1)",
     "03_distribution_backtracking": "Distribution backtracking (stage 2) vs. its baseline",
     "04_baselines": "Baselines with and without backtracking (paper Sec. 5.1-5.2)",
-    "05_ablation_nodes": "Ablation of the path's nodes (paper Sec. 5.4)",
+    "05_ablation_nodes": "The backtracking schedule as a measured axis: share x nodes, control arm (paper Sec. 5.4)",
     "06_score_mismatch": "Score mismatch during training (paper Sec. 5.3)",
 }
 KEY_FIGURES = ("02_node_samples", "03_convergence", "04_convergence", "04_speedup", "04_threshold_sweep",
@@ -137,7 +138,7 @@ def _timings(results: Path, profile: str, root: Path) -> list[str]:
         elapsed = max(map(datetime.fromisoformat, (b for _, b in spans))) - min(
             map(datetime.fromisoformat, (a for a, _ in spans)))
         settings = sorted({stem.rsplit("__", 1)[-1] for stem, _, _ in rows})
-        how = f" ({len(settings)} settings run side by side)" if len(settings) > 1 else ""
+        how = f" ({len(settings)} settings, notebooks two at a time)" if len(settings) > 1 else ""
         lines.append(f"| **elapsed, first start to last end**{how} | **{elapsed.total_seconds() / 60:.1f} min** | |")
     return lines
 
@@ -156,6 +157,25 @@ def reliability_lines(root: Path) -> list[str]:
     return lines
 
 
+def path_effect_text(records: dict, setting: str, method: str) -> str:
+    """DisBack at the headline share against the control arm (same configuration, teacher target throughout):
+    the effect of the path itself, from notebook 05's per-seed times."""
+    rec = records.get(("05_ablation_nodes", setting), (None,))[0]
+    if not rec:
+        return ""
+    s = rec["summary"]
+    nodes = s["base_degrade"]["num_nodes"]
+    cells = [v for v in s["variants"] if v["method"] == method and v["group"] == f"N={nodes}" and v["share"]]
+    control = next((v for v in s["variants"] if v["method"] == method and v["group"] == "control"), None)
+    if not cells or control is None:
+        return ""
+    cell = min(cells, key=lambda v: abs(v["share"] - s["headline_share"]))
+    effect = speedup(control["updates_to_threshold"], cell["updates_to_threshold"], control["reached"],
+                     cell["reached"]).to_dict()
+    return (f"; the path itself (DisBack {cell['variant']} over the control arm, which shares its configuration): "
+            f"{speedup_text(effect)}")
+
+
 def summary_lines(records: dict) -> list[str]:
     """One bullet per setting and method: the speed-up at the headline schedule with its status, its range over
     notebook 05's schedules and the control arm; then the score-mismatch claim. Read from the records only."""
@@ -169,7 +189,7 @@ def summary_lines(records: dict) -> list[str]:
             status = speedup_status(m["speedup_updates"], m["baseline"]["reached"], m["DisBack"]["reached"])
             lines.append(f"- **{setting}, {method}**: DisBack over its baseline {speedup_text(m['speedup_updates'])} "
                          f"in generator updates, **{status}** at the {schedule_text(rec)}; "
-                         f"{range_text(ranges.get(method))}.")
+                         f"{range_text(ranges.get(method))}{path_effect_text(records, setting, method)}.")
     for (nb, setting), (rec, _) in sorted(records.items()):
         if nb == "06_score_mismatch" and rec.get("status") == "ok":
             ours, status = mismatch_text(rec["summary"])

@@ -81,3 +81,30 @@ def test_report_reads_numbers_from_results(tmp_path):
     assert "Pending: no results" in text  # notebooks 01 and 02 have none here
     with pytest.raises(SystemExit):
         report.main(["--help"])
+
+
+def test_report_summary_names_the_path_effect_against_the_control_arm(tmp_path):
+    """The verdict in brief compares DisBack at the headline share with the control arm from notebook 05's per-seed
+    times (same configuration, so the ratio is the path's own effect)."""
+    metrics = tmp_path / "results" / "cpu" / "metrics"
+    metrics.mkdir(parents=True)
+    s = _speedup(0.7, 0.5, 0.9)
+    rec4 = {"notebook": "04_baselines", "setting": "ring2d", "profile": "cpu", "status": "ok", "primary": "w2",
+            "figures": [], "tables": [], "summary": {
+                "seeds": [0, 1, 2], "iters": 300, "threshold": 0.4, "threshold_factor": 1.5, "headline_share": 0.05,
+                "num_nodes": 4, "methods": {"diff_instruct": {"speedup_updates": s, "speedup_compute": s,
+                                                              "baseline": {"reached": [True] * 3},
+                                                              "DisBack": {"reached": [True] * 3}}}}}
+    cell = {"method": "diff_instruct", "group": "N=4", "variant": "N=4, 5%", "share": 0.05,
+            "updates_to_threshold": [50.0, 60.0, 70.0], "reached": [True] * 3}
+    control = {"method": "diff_instruct", "group": "control", "variant": "control", "share": None,
+               "updates_to_threshold": [100.0, 120.0, 140.0], "reached": [True] * 3}
+    rec5 = {"notebook": "05_ablation_nodes", "setting": "ring2d", "profile": "cpu", "status": "ok", "primary": "w2",
+            "figures": [], "tables": [], "summary": {"headline_share": 0.05, "base_degrade": {"num_nodes": 4},
+                                                    "variants": [cell, control], "ranges": {}}}
+    (metrics / "04_baselines__ring2d.json").write_text(json.dumps(rec4))
+    (metrics / "05_ablation_nodes__ring2d.json").write_text(json.dumps(rec5))
+    text = report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS)
+    line = next(x for x in text.splitlines() if x.startswith("- **ring2d, diff_instruct**"))
+    assert "**contradicted** at the headline schedule: 5% of 300 updates" in line
+    assert "the path itself (DisBack N=4, 5% over the control arm" in line and "2.00x" in line
