@@ -99,7 +99,8 @@ def encode_prompts(prompts: list[str], tokenizers, text_encoders, size: int | No
     """A ``PromptBank`` from one (SD 1.x/2.x) or two (SDXL) tokenizer/text-encoder pairs.
 
     SDXL: the penultimate hidden states of both encoders, concatenated, and the second encoder's pooled projection,
-    with time ids (size, crop (0, 0), size) for ``size``-pixel images.
+    with time ids (size, crop (0, 0), size) for ``size``-pixel images; its unconditional input is all zeros
+    (diffusers' ``force_zeros_for_empty_prompt``), SD 1.x/2.x's is the empty prompt.
     """
     xl = len(text_encoders) == 2
 
@@ -117,6 +118,8 @@ def encode_prompts(prompts: list[str], tokenizers, text_encoders, size: int | No
     parts = [encode(prompts[i:i + batch]) for i in range(0, len(prompts), batch)]
     embeds = torch.cat([p[0] for p in parts])
     uncond, uncond_pooled = encode([""])
+    if xl:
+        uncond, uncond_pooled = torch.zeros_like(uncond), torch.zeros_like(uncond_pooled)
     pooled = torch.cat([p[1] for p in parts]) if xl else None
     time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=torch.float32) if xl else None
     return PromptBank(prompts, embeds, uncond, pooled, uncond_pooled, time_ids)
