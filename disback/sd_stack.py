@@ -16,7 +16,8 @@ import torch
 from .sd import GENERATOR_TIMESTEP, SDDenoiser, add_lora, encode_prompts, merge_lora
 
 KINDS = ("sd15", "sdxl")
-SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                steps_offset=1, clip_sample=False)  # as SD 1.5's scheduler config
 
 
 @dataclass
