@@ -66,7 +66,8 @@ def load_manifest(path=None) -> dict[str, Asset]:
         try:
             asset = Asset(**{k: entry[k] for k in Asset.__dataclass_fields__})
         except (KeyError, TypeError) as e:
-            raise AssetError(f"{path}: entry {entry}: needs exactly the fields {list(Asset.__dataclass_fields__)} ({e})")
+            fields = list(Asset.__dataclass_fields__)
+            raise AssetError(f"{path}: entry {entry}: needs the fields {fields} ({e})") from None
         if asset.kind not in KINDS or not re.fullmatch(r"([0-9a-f]{64})?", asset.sha256 or "") \
                 or (asset.kind == "teacher" and not asset.setting) or Path(asset.path).is_absolute():
             raise AssetError(f"{path}: {asset.name}: kind must be one of {KINDS} (a teacher names its setting), "
@@ -129,7 +130,7 @@ def select(names=None, setting: str | None = None, manifest=None) -> list[Asset]
         chosen = [a for a in chosen if a.setting in (setting, None)]
         if not any(a.setting == setting for a in chosen):
             settings = sorted({a.setting for a in assets.values() if a.setting})
-            raise AssetError(f"setting {setting!r} needs no download; the settings with assets are {', '.join(settings)}")
+            raise AssetError(f"setting {setting!r} needs no download; settings with assets: {', '.join(settings)}")
     return chosen
 
 
@@ -197,10 +198,21 @@ def verify(name: str, cache=None, manifest=None) -> str:
 
 # ---------------------------------------------------------------- download
 
+def _validator_path(part: Path) -> Path:
+    """Beside a ``.part``: the ETag (or Last-Modified) of the response it came from, sent back as If-Range."""
+    return Path(f"{part}.validator")
+
+
 def _fetch(url: str, part: Path, name: str, progress: bool) -> None:
-    """Append ``url``'s bytes to ``part``, asking only for what it lacks (HTTP Range); raise on any interruption."""
+    """Append ``url``'s bytes to ``part``, asking only for what it lacks (HTTP Range, If-Range: the same version of
+    the file, else the server sends all of it again); raise on any interruption."""
     offset = part.stat().st_size if part.is_file() else 0
-    headers = {"User-Agent": "disback-download", **({"Range": f"bytes={offset}-"} if offset else {})}
+    stamp = _validator_path(part)
+    headers = {"User-Agent": "disback-download"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if stamp.is_file():
+            headers["If-Range"] = stamp.read_text()
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
@@ -212,17 +224,26 @@ def _fetch(url: str, part: Path, name: str, progress: bool) -> None:
         reason = getattr(e, "reason", e)
         raise AssetError(f"{name}: cannot reach {urllib.parse.urlsplit(url).netloc} ({reason}): connect to the "
                          f"internet and {ACTION}, or fetch {url} by hand to {part.with_suffix('')}") from None
+    except ValueError as e:  # not a URL urllib can open
+        raise AssetError(f"{name}: cannot fetch {url!r}: {e}") from None
     with response:
-        if offset and response.status != 206:  # the server ignored the Range: start again from the first byte
+        if offset and response.status != 206:  # the Range was ignored, or the file changed: start from byte 0
             offset = 0
+        if not offset:
+            validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+            if validator:
+                stamp.write_text(validator)
+            else:
+                stamp.unlink(missing_ok=True)
         elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
             raise AssetError(f"{name}: {url} resumed at the wrong place ({response.headers.get('Content-Range')}); "
                              f"delete {part} and {ACTION}")
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length else None
         received, interrupted = 0, False
-        with open(part, "ab" if offset else "wb") as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                                              unit_divisor=1024, desc=name, disable=not progress) as bar:
+        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                   disable=not progress)
+        with open(part, "ab" if offset else "wb") as f, bar:
             try:
                 while chunk := response.read(CHUNK):
                     f.write(chunk)
@@ -246,6 +267,7 @@ def _download(asset: Asset, root: Path, base_url: str | None, progress: bool) ->
     url = f"{base_url.rstrip('/')}/{asset.path}" if base_url else asset.url
     _fetch(url, part, asset.name, progress)
     digest = sha256_file(part)
+    _validator_path(part).unlink(missing_ok=True)
     expected, source = _expected(asset, final)
     if expected is None:
         _trust(asset, final, digest)

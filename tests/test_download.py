@@ -24,18 +24,22 @@ SHA = hashlib.sha256(GOOD).hexdigest()
 
 @contextlib.contextmanager
 def serve(files: dict, cut: dict | None = None, ranges: bool = True):
-    """Serve ``files`` {url path: bytes} with HTTP Range support; ``cut`` {url path: n} sends the full length header
-    but closes the connection after n bytes, once. Yields (base URL, [(path, Range header) of each request])."""
-    cut, seen = dict(cut or {}), []
+    """Serve ``files`` {url path: bytes} with HTTP Range and If-Range support (the ETag is the body's sha256); ``cut``
+    {url path: n} sends the full length header but closes the connection after n bytes, once. Yields (base URL,
+    [(path, Range header) of each request], [If-Range header of each request])."""
+    cut, seen, validators = dict(cut or {}), [], []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             body, asked = files.get(self.path), self.headers.get("Range")
             seen.append((self.path, asked))
+            validators.append(self.headers.get("If-Range"))
             if body is None:
                 self.send_error(404)
                 return
-            start = int(re.fullmatch(r"bytes=(\d+)-", asked).group(1)) if asked and ranges else 0
+            etag = f'"{hashlib.sha256(body).hexdigest()}"'
+            same = self.headers.get("If-Range") in (None, etag)
+            start = int(re.fullmatch(r"bytes=(\d+)-", asked).group(1)) if asked and ranges and same else 0
             if start >= len(body) > 0:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -46,6 +50,7 @@ def serve(files: dict, cut: dict | None = None, ranges: bool = True):
             if start:
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             self.send_header("Content-Length", str(len(body) - start))
+            self.send_header("ETag", etag)
             self.end_headers()
             n = cut.pop(self.path, None)
             self.wfile.write(body[start:] if n is None else body[start:start + n])
@@ -57,7 +62,7 @@ def serve(files: dict, cut: dict | None = None, ranges: bool = True):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen, validators
     finally:
         server.shutdown()
         server.server_close()
@@ -73,7 +78,7 @@ def fetch(cache, base, manifest, **kw):
 
 
 def test_good_file_is_checked_renamed_and_later_only_verified(tmp_path, capsys):
-    with serve({"/refs/ref.npz": GOOD}) as (base, seen):
+    with serve({"/refs/ref.npz": GOOD}) as (base, seen, _):
         assert fetch(tmp_path, base, one_asset()) == {"ref.npz": SHA}
         assert fetch(tmp_path, base, one_asset()) == {"ref.npz": SHA}  # present: checked, not fetched again
     final = tmp_path / "refs" / "ref.npz"
@@ -83,7 +88,7 @@ def test_good_file_is_checked_renamed_and_later_only_verified(tmp_path, capsys):
 
 
 def test_wrong_checksum_stops_with_one_line_and_leaves_no_file(tmp_path):
-    with serve({"/refs/ref.npz": GOOD}) as (base, _), pytest.raises(AssetError) as e:
+    with serve({"/refs/ref.npz": GOOD}) as (base, _, _), pytest.raises(AssetError) as e:
         fetch(tmp_path, base, one_asset(sha256="0" * 64))
     message = str(e.value)
     assert "\n" not in message and message.startswith("ref.npz: ") and SHA in message and "make download" in message
@@ -94,28 +99,40 @@ def test_wrong_checksum_stops_with_one_line_and_leaves_no_file(tmp_path):
 def test_server_dying_midway_leaves_a_part_that_the_rerun_resumes(tmp_path, ranges):
     final = tmp_path / "refs" / "ref.npz"
     part = Path(f"{final}.part")
-    with serve({"/refs/ref.npz": GOOD}, cut={"/refs/ref.npz": 40_000}) as (base, _), pytest.raises(AssetError) as e:
+    with serve({"/refs/ref.npz": GOOD}, cut={"/refs/ref.npz": 40_000}) as (base, _, _), pytest.raises(AssetError) as e:
         fetch(tmp_path, base, one_asset())
     assert "interrupted at 40,000 of 102,400 bytes" in str(e.value) and "\n" not in str(e.value)
     assert not final.exists() and part.read_bytes() == GOOD[:40_000]  # never taken for a finished file
-    with serve({"/refs/ref.npz": GOOD}, ranges=ranges) as (base, seen):  # the server is back (another port)
+    with serve({"/refs/ref.npz": GOOD}, ranges=ranges) as (base, seen, validators):  # back, on another port
         assert fetch(tmp_path, base, one_asset()) == {"ref.npz": SHA}
+    assert seen == [("/refs/ref.npz", "bytes=40000-")] and validators == [f'"{SHA}"']
+    assert final.read_bytes() == GOOD and list(final.parent.iterdir()) == [final]
+
+
+def test_a_file_changed_between_tries_is_fetched_whole_not_spliced(tmp_path, capsys):
+    """If-Range: the server sends the new version from its first byte, so trust on first use records a real file."""
+    other = GOOD[::-1]
+    with serve({"/refs/ref.npz": GOOD}, cut={"/refs/ref.npz": 40_000}) as (base, _, _), pytest.raises(AssetError):
+        fetch(tmp_path, base, one_asset(sha256=""))
+    with serve({"/refs/ref.npz": other}) as (base, seen, _):
+        fetch(tmp_path, base, one_asset(sha256=""))
     assert seen == [("/refs/ref.npz", "bytes=40000-")]
-    assert final.read_bytes() == GOOD and not part.exists()
+    assert (tmp_path / "refs/ref.npz").read_bytes() == other
+    assert hashlib.sha256(other).hexdigest() in capsys.readouterr().out
 
 
 def test_complete_part_is_finished_without_fetching_bytes_again(tmp_path):
     part = tmp_path / "refs" / "ref.npz.part"
     part.parent.mkdir()
     part.write_bytes(GOOD)  # killed after the last byte, before the rename
-    with serve({"/refs/ref.npz": GOOD}) as (base, seen):
+    with serve({"/refs/ref.npz": GOOD}) as (base, seen, _):
         fetch(tmp_path, base, one_asset())
     assert seen == [("/refs/ref.npz", f"bytes={len(GOOD)}-")]  # answered 416: nothing left to send
     assert (tmp_path / "refs" / "ref.npz").read_bytes() == GOOD
 
 
 def test_trust_on_first_use_records_then_detects_a_tampered_file(tmp_path, capsys):
-    with serve({"/refs/ref.npz": GOOD}) as (base, _):
+    with serve({"/refs/ref.npz": GOOD}) as (base, _, _):
         fetch(tmp_path, base, one_asset(sha256=""))
     final = tmp_path / "refs" / "ref.npz"
     assert download.record_path(final).read_text() == f"{SHA}  ref.npz\n"
@@ -159,7 +176,7 @@ def test_offline_is_one_clear_line_and_the_cli_returns_2(tmp_path, capsys):
     assert main(args + ["--base-url", base]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("download: ref.npz: cannot reach") and "Traceback" not in err
-    with serve({"/refs/ref.npz": GOOD}) as (good, _):
+    with serve({"/refs/ref.npz": GOOD}) as (good, _, _):
         assert main(args + ["--base-url", good]) == 0
     assert main(args + ["--list"]) == 0 and "missing: nothing" in capsys.readouterr().out
     assert main(args + ["unknown.pkl"]) == 2
@@ -183,7 +200,7 @@ def test_teacher_is_converted_into_its_setting_folder_once(tmp_path, standin, ca
     with pytest.raises(AssetError, match=r"^tiny: missing .*: run `make download SETTING=tiny`"):
         download.require("tiny", cache, manifest)
     files = {"/refs/edm-tiny.pkl": body, "/refs/ref.npz": GOOD, "/refs/weights.pth": b"w"}
-    with serve(files) as (base, _):
+    with serve(files) as (base, _, _):
         fetch(cache, base, manifest, setting="tiny")
         meta = cache / "teachers/tiny/edm_teacher.json"
         written = meta.stat().st_mtime_ns
