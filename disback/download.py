@@ -216,8 +216,11 @@ def _fetch(url: str, part: Path, name: str, progress: bool) -> None:
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # nothing left to send: the .part holds the whole file, checked next
-            return
+        if e.code == 416 and offset:  # nothing left to send
+            if e.headers.get("Content-Range") == f"bytes */{offset}":
+                return  # the .part holds the whole file, checked next
+            part.unlink()  # the .part is no prefix of this file: start again
+            return _fetch(url, part, name, progress)
         raise AssetError(f"{name}: {url} answered HTTP {e.code} {e.reason}; {ACTION} later, or fetch it by hand "
                          f"to {part.with_suffix('')}") from None
     except (urllib.error.URLError, OSError) as e:
@@ -235,7 +238,7 @@ def _fetch(url: str, part: Path, name: str, progress: bool) -> None:
                 stamp.write_text(validator)
             else:
                 stamp.unlink(missing_ok=True)
-        elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+        elif not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
             raise AssetError(f"{name}: {url} resumed at the wrong place ({response.headers.get('Content-Range')}); "
                              f"delete {part} and {ACTION}")
         length = response.headers.get("Content-Length")
@@ -280,16 +283,30 @@ def _download(asset: Asset, root: Path, base_url: str | None, progress: bool) ->
     return digest, "downloaded"
 
 
+def _converted_from(asset: Asset, root: Path) -> str | None:
+    """sha256 of the pickle that teachers/<setting>/ was converted from, if it holds a converted teacher."""
+    meta = teacher_dir(asset.setting, root) / CONVERTED_JSON
+    return read_json(meta).get("source", {}).get("sha256") if meta.is_file() else None
+
+
 def _convert(asset: Asset, root: Path, digest: str) -> str:
     """Convert a downloaded teacher pickle into teachers/<setting>/ unless that already holds this very pickle."""
     out = teacher_dir(asset.setting, root)
-    if (out / CONVERTED_JSON).is_file() and read_json(out / CONVERTED_JSON).get("source", {}).get("sha256") == digest:
+    if _converted_from(asset, root) == digest:
         return "converted before"
     try:
         convert_teacher(root / asset.path, out)
     except ValueError as e:  # EDMPickleError, ArtifactError, or arguments our networks do not implement
         raise AssetError(f"{asset.name}: cannot convert it: {e}") from None
     return f"converted into {out}"
+
+
+def _kept_conversion(asset: Asset, root: Path) -> str | None:
+    """sha256 of a teacher pickle deleted after its checked conversion (nothing to fetch again), else None."""
+    expected = _expected(asset, root / asset.path)[0]
+    if asset.kind != "teacher" or (root / asset.path).is_file() or not expected:
+        return None
+    return expected if _converted_from(asset, root) == expected else None
 
 
 def download_all(names=None, cache=None, base_url_override: str | None = None, *, setting: str | None = None,
@@ -307,9 +324,13 @@ def download_all(names=None, cache=None, base_url_override: str | None = None, *
     digests = {}
     try:
         for asset in assets:
-            digest, done = _download(asset, root, base_url_override, progress)
-            if convert and asset.kind == "teacher":
-                done += ", " + _convert(asset, root, digest)
+            kept = _kept_conversion(asset, root) if convert else None
+            if kept:
+                digest, done = kept, "converted before, pickle not kept"
+            else:
+                digest, done = _download(asset, root, base_url_override, progress)
+                if convert and asset.kind == "teacher":
+                    done += ", " + _convert(asset, root, digest)
             digests[asset.name] = digest
             print(f"{asset.name}: {done} ({root / asset.path}, sha256 {digest})")
     finally:

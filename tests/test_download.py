@@ -129,6 +129,19 @@ def test_complete_part_is_finished_without_fetching_bytes_again(tmp_path):
         fetch(tmp_path, base, one_asset())
     assert seen == [("/refs/ref.npz", f"bytes={len(GOOD)}-")]  # answered 416: nothing left to send
     assert (tmp_path / "refs" / "ref.npz").read_bytes() == GOOD
+    (tmp_path / "refs" / "ref.npz").unlink()
+    part.write_bytes(GOOD + b"junk")  # longer than the file: no prefix of it, fetched whole again
+    with serve({"/refs/ref.npz": GOOD}) as (base, seen, _):
+        fetch(tmp_path, base, one_asset())
+    assert seen == [("/refs/ref.npz", f"bytes={len(GOOD) + 4}-"), ("/refs/ref.npz", None)]
+    assert (tmp_path / "refs" / "ref.npz").read_bytes() == GOOD
+
+
+def test_a_second_download_into_the_same_cache_is_refused(tmp_path):
+    from filelock import FileLock
+
+    with FileLock(tmp_path / ".download.lock"), pytest.raises(AssetError, match="another `make download` is writing"):
+        fetch(tmp_path, "http://127.0.0.1:9", one_asset())
 
 
 def test_trust_on_first_use_records_then_detects_a_tampered_file(tmp_path, capsys):
@@ -200,12 +213,16 @@ def test_teacher_is_converted_into_its_setting_folder_once(tmp_path, standin, ca
     with pytest.raises(AssetError, match=r"^tiny: missing .*: run `make download SETTING=tiny`"):
         download.require("tiny", cache, manifest)
     files = {"/refs/edm-tiny.pkl": body, "/refs/ref.npz": GOOD, "/refs/weights.pth": b"w"}
-    with serve(files) as (base, _, _):
+    with serve(files) as (base, seen, _):
         fetch(cache, base, manifest, setting="tiny")
         meta = cache / "teachers/tiny/edm_teacher.json"
         written = meta.stat().st_mtime_ns
         fetch(cache, base, manifest, setting="tiny")
-    assert meta.stat().st_mtime_ns == written and "converted before" in capsys.readouterr().out
+        (cache / "refs/edm-tiny.pkl").unlink()  # kept only its conversion: nothing is fetched again
+        fetch(cache, base, manifest, setting="tiny")
+    assert seen.count(("/refs/edm-tiny.pkl", None)) == 1
+    out = capsys.readouterr().out
+    assert meta.stat().st_mtime_ns == written and "converted before" in out and "pickle not kept" in out
     assert download.teacher_dir("tiny", cache) == meta.parent and download.missing("tiny", cache, manifest) == []
     assert download.fid_reference("tiny", cache, manifest) == cache / "refs/ref.npz"
     assert download.inception_weights(cache, manifest) == cache / "refs/weights.pth"
