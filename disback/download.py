@@ -221,8 +221,9 @@ def _fetch(url: str, part: Path, name: str, progress: bool) -> None:
                 return  # the .part holds the whole file, checked next
             part.unlink()  # the .part is no prefix of this file: start again
             return _fetch(url, part, name, progress)
-        raise AssetError(f"{name}: {url} answered HTTP {e.code} {e.reason}; {ACTION} later, or fetch it by hand "
-                         f"to {part.with_suffix('')}") from None
+        todo = f"{ACTION} later" if e.code >= 500 else f"the file may have moved (disback/{MANIFEST.name} has its URL)"
+        raise AssetError(f"{name}: {url} answered HTTP {e.code} {e.reason}; {todo}, or fetch it by hand to "
+                         f"{part.with_suffix('')}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise AssetError(f"{name}: cannot reach {urllib.parse.urlsplit(url).netloc} ({reason}): connect to the "

@@ -182,6 +182,8 @@ def test_offline_is_one_clear_line_and_the_cli_returns_2(tmp_path, capsys):
         fetch(tmp_path, base, one_asset())
     assert re.fullmatch(r"ref\.npz: cannot reach 127\.0\.0\.1:\d+ \(.*refused.*\): connect to the internet and run "
                         r"`make download` again, or fetch \S+ by hand to \S+ref\.npz", str(e.value))
+    with serve({}) as (empty, _, _), pytest.raises(AssetError, match=r"^ref\.npz: \S+ answered HTTP 404 .* moved"):
+        fetch(tmp_path, empty, one_asset())
     manifest = tmp_path / "assets.yaml"
     manifest.write_text(yaml.safe_dump({"assets": [vars(a) for a in one_asset().values()]}))
     args = ["download", "--cache", str(tmp_path / "c"), "--manifest", str(manifest)]
