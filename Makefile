@@ -132,7 +132,7 @@ convert-teacher: setup
 # Paper scale: the three EDM teachers, their FID reference statistics and the Inception weights (disback/assets.yaml)
 # into the asset cache, each checked against its sha256 (trust on first use while the manifest has none), resumable
 # after an interruption; each teacher is converted into <cache>/teachers/<setting>/. SETTING=imagenet64 fetches one
-# setting's files; BASE_URL=<mirror> reads a mirror laid out like the cache.
+# setting's files, NAMES="a.npz b.pkl" the named ones; BASE_URL=<mirror> reads a mirror laid out like the cache.
 download: setup
 	@$(PY) -m disback download $(if $(filter-out *,$(SETTING)),--setting $(SETTING)) \
-	  $(if $(BASE_URL),--base-url $(BASE_URL))
+	  $(if $(BASE_URL),--base-url $(BASE_URL)) $(NAMES)

@@ -47,7 +47,7 @@ class AssetError(ArtifactError):
 
 @dataclass(frozen=True)
 class Asset:
-    name: str            # the file's name, as published; what `make download NAMES=...` and asset_path() take
+    name: str            # the file's name as published: what `make download NAMES=...` and asset_path() take
     kind: str            # one of KINDS
     setting: str | None  # the setting it serves (teachers/<setting>/ for a teacher); None: every setting
     url: str             # where its publisher serves it
@@ -60,7 +60,10 @@ class Asset:
 def load_manifest(path=None) -> dict[str, Asset]:
     """The manifest's assets by name, each field checked."""
     path = Path(path or MANIFEST)
-    entries = (yaml.safe_load(path.read_text()) or {}).get("assets") or []
+    try:
+        entries = (yaml.safe_load(path.read_text()) or {}).get("assets") or []
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise AssetError(f"{path}: not a readable manifest ({(str(e).splitlines() or [''])[0]})") from None
     assets = {}
     for entry in entries:
         try:

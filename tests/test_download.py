@@ -195,6 +195,7 @@ def test_offline_is_one_clear_line_and_the_cli_returns_2(tmp_path, capsys):
         assert main(args + ["--base-url", good]) == 0
     assert main(args + ["--list"]) == 0 and "missing: nothing" in capsys.readouterr().out
     assert main(args + ["unknown.pkl"]) == 2
+    assert main(["download", "--manifest", str(tmp_path / "none.yaml")]) == 2
 
 
 def test_teacher_is_converted_into_its_setting_folder_once(tmp_path, standin, capsys):
