@@ -69,6 +69,7 @@ def serve(files: dict, cut: dict | None = None, ranges: bool = True):
 
 
 def one_asset(sha256: str = SHA, name: str = "ref.npz", kind: str = "fid-ref", setting: str | None = "tiny") -> dict:
+    """A manifest of one asset, served from <base>/refs/<name> (its publisher URL is never reached)."""
     return {name: Asset(name=name, kind=kind, setting=setting, url=f"http://invalid.example/{name}",
                         path=f"refs/{name}", sha256=sha256)}
 
