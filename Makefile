@@ -70,12 +70,15 @@ $(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(call needs_of,
 
 reproduce: setup
 	@test -n "$(STEMS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }
-	@mkdir -p $(OUTDIR) runs/$(PROFILE); : > $(PROGRESS)
-	@tail -n0 -F $(PROGRESS) 2>/dev/null & tailer=$$!; \
+	@empty=$$(test -z "$$(ls -A runs/$(PROFILE) 2>/dev/null | grep -v '^progress.log$$')" && echo 1 || echo 0); \
+	  mkdir -p $(OUTDIR) runs/$(PROFILE); : > $(PROGRESS); \
+	  tail -n0 -F $(PROGRESS) 2>/dev/null & tailer=$$!; \
 	  start=$$(date +%s); \
 	  $(MAKE) --no-print-directory -B -j$(JOBS) $(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(STEMS))) PROFILE=$(PROFILE) SETTING='$(SETTING)'; rc=$$?; \
-	  sleep 1; kill $$tailer 2>/dev/null; \
-	  echo "notebooks finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s (rc=$$rc)"; exit $$rc
+	  sleep 1; kill $$tailer 2>/dev/null; took=$$(( $$(date +%s) - start )); \
+	  echo "notebooks finished in $$(( took / 60 )) min $$(( took % 60 )) s (rc=$$rc)"; \
+	  if [ '$(SETTING)' = '*' ]; then $(PY) -m disback.bench --profile $(PROFILE) --results results \
+	    --record-reproduce-time $$took --test-rc $$rc --from-empty $$empty --jobs $(JOBS); fi; exit $$rc
 	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
 
 $(OUTDIR)/%.ipynb: params/$(PROFILE)/%.yaml
