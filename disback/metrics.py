@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 from scipy import linalg
 
@@ -34,6 +33,8 @@ def frechet_distance_samples(a, b) -> float:
 
 def wasserstein2(a, b) -> float:
     """Exact W2 between two empirical distributions with uniform weights (POT's network simplex)."""
+    import ot  # POT: imported here so that ``import disback`` works where only torch, numpy and scipy exist (GPU boxes)
+
     a, b = _np(a), _np(b)
     cost = ot.dist(a, b, metric="sqeuclidean")
     return float(np.sqrt(ot.emd2(ot.unif(len(a)), ot.unif(len(b)), cost, numItermax=10_000_000)))
