@@ -1,5 +1,6 @@
-"""Command line: ``python -m disback convert-teacher PKL OUTDIR`` (EDM pickle -> safetensors + JSON, once) and
-``python -m disback download`` (the paper-scale assets into the asset cache, checked, teachers converted)."""
+"""Command line: ``python -m disback convert-teacher PKL OUTDIR`` (EDM pickle -> safetensors + JSON, once),
+``python -m disback download`` (the paper-scale assets into the asset cache, checked, teachers converted) and
+``python -m disback throughput ...`` (updates per second and peak memory on full-size random-weight EDM networks)."""
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,26 @@ def main(argv=None) -> int:
     download.add_argument("--manifest", help="another manifest (default: disback/assets.yaml)")
     download.add_argument("--no-convert", action="store_true", help="leave the teacher pickles unconverted")
     download.add_argument("--list", action="store_true", help="list the assets and what is missing; fetch nothing")
+    speed = sub.add_parser("throughput", help="updates/s and peak memory of stage 1 and 2 on random-weight EDM nets")
+    speed.add_argument("--setting", default="imagenet64,ffhq64", help="comma list of ffhq64, afhqv2_64, imagenet64")
+    speed.add_argument("--random-weights", action="store_true", required=True,
+                       help="networks of the teachers' architecture with random weights (the only mode)")
+    speed.add_argument("--methods", default="diff_instruct,disback", help="comma list of baselines and disback")
+    speed.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
+    speed.add_argument("--batch", default="32", help="one batch for all, or per setting: imagenet64=32,ffhq64=64")
+    speed.add_argument("--updates", type=int, default=20, help="timed updates per arm (after --warmup)")
+    speed.add_argument("--warmup", type=int, default=3, help="untimed updates per arm")
+    speed.add_argument("--max-seconds", type=float, default=60.0, help="stop an arm's timed loop after this long")
+    speed.add_argument("--size", default="full", help="full (the teachers' size) or tiny (CPU tests)")
+    speed.add_argument("--resolution", type=int, default=16, help="image size of --size tiny")
+    speed.add_argument("--path-nodes", type=int, default=2, help="DisBack path nodes written and read per arm")
+    speed.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    speed.add_argument("--out", required=True, help="JSON record, e.g. results/paper/throughput_imagenet64.json")
     args = parser.parse_args(argv)
     if args.command == "download":
         return _download(args)
+    if args.command == "throughput":
+        return _throughput(args)
     from .checkpoint import read_json
     from .edm_pickle import CONVERTED_JSON, convert_teacher
 
@@ -57,6 +75,28 @@ def _download(args) -> int:
     except download.AssetError as e:
         print(f"download: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _throughput(args) -> int:
+    from .throughput import run_throughput
+
+    settings = args.setting.split(",")
+    try:
+        if "=" in args.batch:
+            batches = {k: int(v) for k, v in (item.split("=") for item in args.batch.split(","))}
+        else:
+            batches = dict.fromkeys(settings, int(args.batch))
+        missing = [s for s in settings if s not in batches]
+        if missing:
+            raise ValueError(f"--batch {args.batch!r}: no batch for {missing}")
+        run_throughput(settings, args.methods.split(","), args.precision.split(","), batches, args.updates,
+                       args.warmup, args.max_seconds, args.size, args.resolution, args.device, args.path_nodes,
+                       args.out)
+    except ValueError as e:
+        print(f"throughput: {e}", file=sys.stderr)
+        return 2
+    print(f"throughput: wrote {args.out}")
     return 0
 
 

@@ -5,6 +5,7 @@ Stage 1 (``degrade.py``) is ``fake_score_step`` alone against the frozen G0; sta
 (``distill.py``) alternate ``fake_score_step`` and ``generator_step``. Costs count forward network evaluations
 (``nfe``) and, for the compute figure, forward-equivalent passes with a backward pass counted as two forwards
 (``cost``): SiD back-propagates through both denoisers, the other losses through the generator alone.
+Every random draw comes from ``rng`` on that generator's device: a CUDA ``rng`` keeps a step on the GPU.
 """
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def cost_gen_step(method: str) -> int:
 
 
 def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator):
-    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``)."""
-    z = torch.randn((batch, *data_shape), generator=rng)
-    labels = torch.randint(label_dim, (batch,), generator=rng) if label_dim else None
+    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``), on ``rng``'s device."""
+    z = torch.randn((batch, *data_shape), generator=rng, device=rng.device)
+    labels = torch.randint(label_dim, (batch,), generator=rng, device=rng.device) if label_dim else None
     return z, labels
 
 
@@ -48,7 +49,7 @@ def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float,
     z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng)
     with torch.no_grad():
         x0 = generator(z, labels)
-    sigma = sample_sigma(batch, p_mean, p_std, rng)
+    sigma = sample_sigma(batch, p_mean, p_std, rng, device=rng.device)
     loss = fake_score_loss(fake_score, x0, sigma, labels, rng)
     check_finite(loss, step, "fake-score loss", state_dir)
     optimizer.zero_grad(set_to_none=True)
@@ -64,7 +65,7 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
     z, labels = draw_latents(config.batch, fake_score.data_shape, fake_score.label_dim, rng)
     x0 = generator(z, labels)
     sigma = sample_generator_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std, rng)
-    n = torch.randn(x0.shape, generator=rng)
+    n = torch.randn(x0.shape, generator=rng, device=x0.device)
     fake_score.requires_grad_(False)
     loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
     fake_score.requires_grad_(True)

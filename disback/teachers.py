@@ -101,7 +101,12 @@ def save_teacher(teacher: EDMPrecond, directory) -> Path:
 
 
 def load_teacher(directory) -> EDMPrecond:
-    """Strictly load a teacher saved by ``save_teacher`` (checks the file's sha256)."""
+    """Strictly load a teacher saved by ``save_teacher``, or an EDM teacher converted by ``convert_teacher`` (a folder
+    holding ``edm_teacher.json``); checks the weights' sha256."""
+    from .edm_pickle import CONVERTED_JSON, load_converted_teacher
+
+    if (Path(directory) / CONVERTED_JSON).is_file():
+        return load_converted_teacher(directory)
     meta_file = Path(directory) / "teacher.json"
     if not meta_file.is_file():
         raise ArtifactError(f"no teacher at {directory}: {meta_file} is missing (run notebook 01 first)")
