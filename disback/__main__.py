@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     speed.add_argument("--size", default="full", help="full (the teachers' size) or tiny (CPU tests)")
     speed.add_argument("--resolution", type=int, default=16, help="image size of --size tiny")
     speed.add_argument("--path-nodes", type=int, default=2, help="DisBack path nodes written and read per arm")
+    speed.add_argument("--sampling-batch", type=int, default=0,
+                       help="also time one-step sampling against the teacher's EDM sampler (NFE 79 / 511) at this batch")
     speed.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     speed.add_argument("--out", required=True, help="JSON record, e.g. results/paper/throughput_imagenet64.json")
     args = parser.parse_args(argv)
@@ -92,7 +94,7 @@ def _throughput(args) -> int:
             raise ValueError(f"--batch {args.batch!r}: no batch for {missing}")
         run_throughput(settings, args.methods.split(","), args.precision.split(","), batches, args.updates,
                        args.warmup, args.max_seconds, args.size, args.resolution, args.device, args.path_nodes,
-                       args.out)
+                       args.out, sampling_batch=args.sampling_batch)
     except ValueError as e:
         print(f"throughput: {e}", file=sys.stderr)
         return 2
