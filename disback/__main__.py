@@ -1,6 +1,7 @@
 """Command line: ``python -m disback convert-teacher PKL OUTDIR`` (EDM pickle -> safetensors + JSON, once),
-``python -m disback download`` (the paper-scale assets into the asset cache, checked, teachers converted) and
-``python -m disback throughput ...`` (updates per second and peak memory on full-size random-weight EDM networks)."""
+``python -m disback download`` (the paper-scale assets into the asset cache, checked, teachers converted),
+``python -m disback throughput ...`` (updates per second and peak memory on full-size random-weight EDM networks) and
+``python -m disback sd-throughput ...`` (DisBack updates per second and peak memory on a random SD-sized stack)."""
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,25 @@ def main(argv=None) -> int:
                        help="also time one-step sampling against the teacher's EDM sampler (NFE 79 / 511) at this batch")
     speed.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     speed.add_argument("--out", required=True, help="JSON record, e.g. results/paper/throughput_imagenet64.json")
+    bench = sub.add_parser("sd-throughput", help="time DisBack updates on a random Stable Diffusion-sized stack")
+    bench.add_argument("--size", choices=("tiny", "sd15"), default="tiny", help="tiny (CPU test) or SD 1.5's shapes")
+    bench.add_argument("--updates", type=int, default=20, help="updates timed per row (after the warm-up)")
+    bench.add_argument("--warmup", type=int, default=3, help="updates before timing starts")
+    bench.add_argument("--precision", default="bf16,fp16", help="comma list of fp32, bf16, fp16 (UNet autocast)")
+    bench.add_argument("--lora", default="on,off", help="comma list of on, off")
+    bench.add_argument("--lora-rank", type=int, default=64)
+    bench.add_argument("--batch", type=int, default=4, help="samples per update")
+    bench.add_argument("--fake-steps", type=int, default=1, help="fake-score updates per generator update")
+    bench.add_argument("--guidance", type=float, default=1.75, help="classifier-free guidance of the target")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--out", default=None, help="JSON file for the result")
     args = parser.parse_args(argv)
     if args.command == "download":
         return _download(args)
     if args.command == "throughput":
         return _throughput(args)
+    if args.command == "sd-throughput":
+        return _sd_throughput(args)
     from .checkpoint import read_json
     from .edm_pickle import CONVERTED_JSON, convert_teacher
 
@@ -100,6 +115,19 @@ def _throughput(args) -> int:
         return 2
     print(f"throughput: wrote {args.out}")
     return 0
+
+
+def _sd_throughput(args) -> int:
+    from .sd_bench import PRECISIONS, sd_throughput
+
+    precisions = args.precision.split(",")
+    loras = [{"on": True, "off": False}.get(v) for v in args.lora.split(",")]
+    if not set(precisions) <= set(PRECISIONS) or None in loras:
+        print(f"sd-throughput: --precision from {tuple(PRECISIONS)}, --lora from on, off", file=sys.stderr)
+        return 2
+    result = sd_throughput(args.size, args.updates, precisions, loras, args.out, args.batch, args.warmup,
+                           args.lora_rank, args.guidance, args.fake_steps, args.device)
+    return 0 if all("error" not in r for r in result["rows"]) else 1
 
 
 if __name__ == "__main__":

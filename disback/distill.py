@@ -8,7 +8,6 @@ separates the effect of the path from the effect of the fake score's starting po
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,7 @@ from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_
     write_json
 from .config import DistillConfig
 from .diffusion import heun_nfe
-from .generator import EMA, frozen_copy, make_generator
+from .generator import EMA, frozen_copy, make_generator, trainable_copy
 from .path import DegradationPath, TargetSchedule
 from .progress import bar as progress_bar
 from .runlock import locks_run_dir
@@ -95,7 +94,7 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
 
     # Networks: G from the teacher; the fake score from the teacher, or (DisBack, control) from the last node.
     generator = make_generator(teacher, config.sigma_init).train()
-    fake = copy.deepcopy(teacher).train().requires_grad_(True)
+    fake = trainable_copy(teacher).train().requires_grad_(True)
     if config.backtrack or config.fake_from_path:
         path.load_node(path.num_nodes, fake)
     target = frozen_copy(teacher)

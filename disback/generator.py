@@ -9,20 +9,35 @@ from torch import nn
 
 
 class OneStepGenerator(nn.Module):
-    """G(z, labels) = D(sigma_init * z, sigma_init, labels), with D initialised from the teacher."""
+    """G(z, labels) = D(input_scale * z, sigma_init, labels), with D initialised from the teacher.
 
-    def __init__(self, denoiser: nn.Module, sigma_init: float):
+    ``input_scale`` is ``sigma_init`` (noise at exactly that level) unless the denoiser defines
+    ``one_step_input_scale(sigma)`` (Stable Diffusion: unit noise as the UNet's latent, DMD2's convention).
+    """
+
+    def __init__(self, denoiser: nn.Module, sigma_init: float, input_scale: float | None = None):
         super().__init__()
         self.denoiser = denoiser
         self.sigma_init = float(sigma_init)
+        self.input_scale = float(sigma_init if input_scale is None else input_scale)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.denoiser(self.sigma_init * z, self.sigma_init, labels)
+        return self.denoiser(self.input_scale * z, self.sigma_init, labels)
+
+
+def trainable_copy(teacher: nn.Module) -> nn.Module:
+    """A deep copy of the teacher to train (fake score, generator, degrading copy). A teacher with classifier-free
+    guidance (``guidance_scale``) gives an unguided copy: these model the generator's distribution, not a target."""
+    m = copy.deepcopy(teacher)
+    if getattr(m, "guidance_scale", 1.0) != 1.0:
+        m.guidance_scale = 1.0
+    return m
 
 
 def make_generator(teacher: nn.Module, sigma_init: float) -> OneStepGenerator:
-    """A trainable one-step generator initialised from (a deep copy of) the teacher."""
-    g = OneStepGenerator(copy.deepcopy(teacher), sigma_init)
+    """A trainable one-step generator initialised from (a trainable copy of) the teacher."""
+    scale = getattr(teacher, "one_step_input_scale", None)
+    g = OneStepGenerator(trainable_copy(teacher), sigma_init, scale(sigma_init) if scale else None)
     g.requires_grad_(True)
     return g
 

@@ -25,6 +25,7 @@ NOTEBOOKS = {
     "04_baselines": "Baselines with and without backtracking (paper Sec. 5.1-5.2)",
     "05_ablation_nodes": "The backtracking schedule as a measured axis: share x nodes, control arm (paper Sec. 5.4)",
     "06_score_mismatch": "Score mismatch during training (paper Sec. 5.3)",
+    "10_text_to_image": "Text to image: Stable Diffusion through diffusers, FID and CLIP score",
 }
 KEY_FIGURES = ("02_node_samples", "03_convergence", "04_convergence", "04_speedup", "04_threshold_sweep",
                "05_schedule", "06_mismatch", "06_agreement")
