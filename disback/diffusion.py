@@ -65,13 +65,14 @@ def sample_generator_sigma(dist: str, n: int, p_mean: float, p_std: float, gener
     1000-step Karras grid from 0.002 to 80 (DMD, DMD2's min/max_step_percent 0.02/0.98). "sid": u ~ U[0, 0.8]
     on the same rho-curve (SiD's t ~ U[0, tmax / 1000] with tmax = 800, read from the high-noise end).
     """
+    device = None if generator is None else generator.device  # drawn where the generator lives (CPU or CUDA)
     if dist == "lognormal":
-        return sample_sigma(n, p_mean, p_std, generator)
+        return sample_sigma(n, p_mean, p_std, generator, device)
     if dist == "karras":
-        index = torch.randint(20, 980, (n,), generator=generator)
+        index = torch.randint(20, 980, (n,), generator=generator, device=device)
         return karras_curve(index.double() / 999).float()
     if dist == "sid":
-        u = torch.rand(n, generator=generator, dtype=torch.float64) * 0.8
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device) * 0.8
         return karras_curve(u).float()
     raise ValueError(f"dist={dist!r}: must be one of ('lognormal', 'karras', 'sid')")
 

@@ -31,7 +31,8 @@ from .checkpoint import (ArtifactError, load_module, load_tensors, read_json, sa
 from .data import load_digits
 from .fid import fid
 from .metrics import frechet_distance_samples
-from .settings import Setting
+from .settings import Setting, register_setting
+from .steps import adam
 
 OPTIONS = ("size", "classifier_dir", "held_out")
 EXTRACTOR = "digits-classifier"  # the name torch-fidelity knows ClassifierFeatures by
@@ -111,7 +112,7 @@ def train_classifier(images, labels, held_images, held_labels, config: Classifie
         torch.manual_seed(config.seed)
         net = DigitsClassifier(config.size, config.width, config.feat_dim, int(labels.max()) + 1)
     steps = config.epochs * (len(images) // config.batch)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    opt = adam(net.parameters(), config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(config.epochs):
         perm = torch.randperm(len(images), generator=gen)
@@ -218,6 +219,12 @@ def digits_classifier(train, train_labels, held, held_labels, config: Classifier
     clf = train_classifier(train, train_labels, held, held_labels, config)
     save_classifier(clf, folder, {"data_sha256": data_hash})
     return clf
+
+
+@register_setting("digits")
+def _digits(num_train: int, num_reference: int, seed: int, **kw) -> Setting:
+    """The registered builder: ``num_train`` is not an option here (the split fixes the training set)."""
+    return load_digits_setting(num_reference=num_reference, seed=seed, **kw)
 
 
 def load_digits_setting(num_reference: int = 2000, seed: int = 0, size: int = 8, classifier_dir=None,

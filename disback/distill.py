@@ -22,7 +22,7 @@ from .generator import EMA, frozen_copy, make_generator, trainable_copy
 from .path import DegradationPath, TargetSchedule
 from .progress import bar as progress_bar
 from .runlock import locks_run_dir
-from .steps import (BACKWARD, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
+from .steps import (BACKWARD, adam, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
                     generator_step, regression_pairs)
 
 SNAPSHOTS = "snapshots"  # generator weights kept every ``snapshot_every`` updates: snapshots/gen_<step>.safetensors
@@ -99,8 +99,8 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         path.load_node(path.num_nodes, fake)
     target = frozen_copy(teacher)
     ema = EMA(generator, config.ema) if config.ema > 0 else None
-    opt_gen = torch.optim.Adam(generator.parameters(), lr=config.lr_gen)
-    opt_fake = torch.optim.Adam(fake.parameters(), lr=config.lr_fake)
+    opt_gen = adam(generator.parameters(), config.lr_gen)
+    opt_fake = adam(fake.parameters(), config.lr_fake)
     modules = {"generator": generator, "fake": fake, **({"ema": ema.module} if ema else {})}
     optimizers = {"generator": opt_gen, "fake": opt_fake}
     pairs = regression_pairs(teacher, config.reg_pairs, config.reg_sigma_max) if config.reg_weight > 0 else None

@@ -34,7 +34,7 @@ def frechet_distance_samples(a, b) -> float:
 
 def wasserstein2(a, b) -> float:
     """Exact W2 between two empirical distributions with uniform weights (POT's network simplex)."""
-    import ot
+    import ot  # POT: imported here so that ``import disback`` works where only torch, numpy and scipy exist (GPU boxes)
 
     a, b = _np(a), _np(b)
     cost = ot.dist(a, b, metric="sqeuclidean")

@@ -5,6 +5,7 @@ Stage 1 (``degrade.py``) is ``fake_score_step`` alone against the frozen G0; sta
 (``distill.py``) alternate ``fake_score_step`` and ``generator_step``. Costs count forward network evaluations
 (``nfe``) and, for the compute figure, forward-equivalent passes with a backward pass counted as two forwards
 (``cost``): SiD back-propagates through both denoisers, the other losses through the generator alone.
+Every random draw comes from ``rng`` on that generator's device: a CUDA ``rng`` keeps a step on the GPU.
 """
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ COST_FAKE_STEP = 1 + (1 + BACKWARD)  # G forward; fake score forward + backward
 GRAD_THROUGH_DENOISERS = {"sid": 2}  # losses whose gradient flows back through the fake score and the target
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam as every loop here uses it: the multi-tensor (``foreach``) implementation, a few fused calls per step
+    instead of a dozen per parameter tensor (the nets are small, so per-call overhead counts). On CPU its updates
+    are bitwise those of the default single-tensor path (tests/test_math.py checks it)."""
+    return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 def cost_gen_step(method: str) -> int:
     """Forward-equivalent passes per sample of one generator update of ``method``."""
     through = GRAD_THROUGH_DENOISERS.get(method, 0)
@@ -29,10 +37,11 @@ def cost_gen_step(method: str) -> int:
 
 
 def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator, device=None):
-    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``), drawn from ``rng`` (on the
-    CPU) and moved to ``device``."""
-    z = torch.randn((batch, *data_shape), generator=rng).to(device)
-    labels = torch.randint(label_dim, (batch,), generator=rng).to(device) if label_dim else None
+    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``), drawn on ``rng``'s device and
+    moved to ``device`` (default: stay there)."""
+    device = device or rng.device
+    z = torch.randn((batch, *data_shape), generator=rng, device=rng.device).to(device)
+    labels = torch.randint(label_dim, (batch,), generator=rng, device=rng.device).to(device) if label_dim else None
     return z, labels
 
 
@@ -46,7 +55,7 @@ def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float,
     z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
     with torch.no_grad():
         x0 = generator(z, labels)
-    sigma = sample_sigma(batch, p_mean, p_std, rng).to(x0.device)
+    sigma = sample_sigma(batch, p_mean, p_std, rng, device=rng.device).to(x0.device)
     loss = fake_score_loss(fake_score, x0, sigma, labels, rng)
     check_finite(loss, step, "fake-score loss", state_dir)
     optimizer.zero_grad(set_to_none=True)
@@ -63,7 +72,7 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
     x0 = generator(z, labels)
     sigma = sample_generator_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std,
                                    rng).to(x0.device)
-    n = torch.randn(x0.shape, generator=rng).to(x0.device)
+    n = torch.randn(x0.shape, generator=rng, device=rng.device).to(x0.device)
     fake_score.requires_grad_(False)
     loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
     fake_score.requires_grad_(True)

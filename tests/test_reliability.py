@@ -415,7 +415,7 @@ BAD_INPUTS = {
     "missing path folder": (lambda t, p, tmp: DegradationPath.load(_missing_dir(tmp)),
                             ["no degradation path at", "nowhere", "path.json is missing"]),
     "unknown setting (dataset)": (lambda t, p, tmp: load_setting("cifar10"),
-                                  ["setting='cifar10'", "one of ('ring2d', 'digits')"]),
+                                  ["setting='cifar10'", "must be one of (", "'digits'", "'imagenet64'", "'ring2d'"]),
     "unknown setting option": (lambda t, p, tmp: load_setting("ring2d", modes=4),
                                ["['modes']", "ring2d", "allowed: num_modes, radius, std"]),
     "data of the wrong rank": (lambda t, p, tmp: train_teacher(torch.zeros(10), None, TeacherConfig(iters=1), False),
