@@ -16,7 +16,8 @@ from disback import DegradeConfig, DistillConfig, backtrack, distill, record_deg
 from disback.checkpoint import fingerprint, load_tensors, read_jsonl, tensor_digest  # noqa: E402
 from disback.generator import make_generator  # noqa: E402
 from disback.sd import SDDenoiser, PromptBank, timestep_for_sigma  # noqa: E402
-from disback.sd_stack import ONE_STEP_CALL, SD_BETAS, export_one_step, make_teacher, random_stack  # noqa: E402
+from disback.sd_stack import (ONE_STEP_CALL, SD_BETAS, export_one_step, load_one_step_unet, make_teacher,  # noqa: E402
+                              random_stack)
 
 PROMPTS = ["a red cat", "a blue house", "two birds on a tree"]
 
@@ -118,9 +119,10 @@ def test_lora_trains_only_the_adapters(stack, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
-def test_exported_generator_samples_in_one_step_in_a_diffusers_pipeline(kind, stack, tmp_path):
-    stack = stack if kind == "sd15" else random_stack(tmp_path / "sdxl", "tiny", "sdxl")
+@pytest.mark.parametrize("kind, prediction_type", [("sd15", "epsilon"), ("sd15", "v_prediction"), ("sdxl", "epsilon")])
+def test_exported_generator_samples_in_one_step_in_a_diffusers_pipeline(kind, prediction_type, stack, tmp_path):
+    if (kind, prediction_type) != ("sd15", "epsilon"):
+        stack = random_stack(tmp_path / kind, "tiny", kind, prediction_type)
     teacher = make_teacher(stack, PROMPTS, lora_rank=4)
     generator = make_generator(teacher, teacher.sigma_at(399))
     with torch.no_grad():  # a "trained" generator: move its adapters off zero
@@ -136,6 +138,21 @@ def test_exported_generator_samples_in_one_step_in_a_diffusers_pipeline(kind, st
         torch.testing.assert_close(latent, generator(z, torch.tensor([1])), atol=1e-4, rtol=1e-4)
     image = pipe(PROMPTS[0], output_type="pt", **ONE_STEP_CALL).images
     assert image.shape == (1, 3, stack.resolution, stack.resolution)
+
+
+def test_released_one_step_unet_loads_strictly_from_a_file_or_a_folder(stack, tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v.clone() for k, v in stack.unet.state_dict().items()}
+    save_file(state, tmp_path / "unet.safetensors")
+    stack.unet.save_pretrained(tmp_path / "unet")
+    for source in (tmp_path / "unet.safetensors", tmp_path / "unet"):
+        loaded = load_one_step_unet(source, stack).state_dict()
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    del state[next(iter(state))]
+    save_file(state, tmp_path / "partial.safetensors")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_one_step_unet(tmp_path / "partial.safetensors", stack)
 
 
 def test_sd_throughput_command_on_the_tiny_stack(tmp_path):
