@@ -81,15 +81,20 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def fid_against(images: torch.Tensor, reference: torch.Tensor, extractor, batch: int = 100) -> float:
-    """FID of uint8 ``images`` against uint8 ``reference`` with ``extractor`` (``inception.inception_extractor``)."""
-    from .inception import frechet_distance, image_statistics
+def image_stats(images, extractor, batch: int = 100) -> dict:
+    """FID statistics of uint8 ``images`` (a tensor, or a list of image files read ``batch`` at a time at the
+    resolution ``extractor`` is given as ``images`` is) with ``extractor`` (``inception.inception_extractor``)."""
+    from .inception import image_statistics
 
-    def batches(x):
-        return (x[i:i + batch] for i in range(0, len(x), batch))
+    return image_statistics((images[i:i + batch] for i in range(0, len(images), batch)), extractor)
 
-    return frechet_distance(image_statistics(batches(images), extractor), image_statistics(batches(reference),
-                                                                                          extractor))
+
+def reference_stats(files, resolution: int, extractor, batch: int = 100) -> dict:
+    """FID statistics of real images read from ``files`` ``batch`` at a time (never all in memory)."""
+    from .inception import image_statistics
+
+    return image_statistics((load_images(files[i:i + batch], resolution) for i in range(0, len(files), batch)),
+                            extractor)
 
 
 @torch.no_grad()
@@ -175,11 +180,14 @@ def sample_images(generator, stack, bank, seeds, batch: int = 16) -> torch.Tenso
     return torch.cat(out)
 
 
-def evaluate(generator, stack, bank, reference: torch.Tensor, extractor, clip_dir, seed_offset: int = 10 ** 6,
+def evaluate(generator, stack, bank, reference: dict, extractor, clip_dir, seed_offset: int = 10 ** 6,
              batch: int = 16) -> dict:
-    """FID against uint8 ``reference`` images and CLIP score, one generated image per prompt of ``bank``."""
+    """FID against ``reference`` statistics (``reference_stats`` / ``image_stats``) and CLIP score, one generated
+    image per prompt of ``bank``."""
+    from .inception import frechet_distance
+
     images = sample_images(generator, stack, bank, range(seed_offset, seed_offset + len(bank)), batch)
     device = next(generator.parameters()).device
-    return {"fid": fid_against(images, reference, extractor),
+    return {"fid": frechet_distance(image_stats(images, extractor), reference),
             "clip_score": clip_score(images, bank.prompts[:len(images)], clip_dir, device=device),
             "num_images": len(images)}

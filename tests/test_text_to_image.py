@@ -155,6 +155,33 @@ def test_released_one_step_unet_loads_strictly_from_a_file_or_a_folder(stack, tm
         load_one_step_unet(tmp_path / "partial.safetensors", stack)
 
 
+def test_coco_reference_and_clip_score_from_local_files(tmp_path):
+    """COCO pairs (one caption per image, images of any size center-cropped to the resolution), streamed reference
+    statistics equal to those of the images in memory, and a CLIP score in [0, 100] from a local CLIP folder."""
+    from PIL import Image
+
+    from disback.sd_eval import TinyFeatures, clip_score, coco_pairs, image_stats, load_images, reference_stats, \
+        tiny_clip
+
+    (tmp_path / "val").mkdir()
+    images, annotations = [], []
+    for i, size in enumerate([(40, 30), (30, 50), (32, 32), (64, 48)]):
+        Image.fromarray(torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8).numpy()).save(
+            tmp_path / "val" / f"{i}.png")
+        images.append({"id": 10 + i, "file_name": f"{i}.png"})
+        annotations += [{"image_id": 10 + i, "caption": f"image {i} first"}, {"image_id": 10 + i, "caption": "other"}]
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    prompts, files = coco_pairs(tmp_path / "ann.json", tmp_path / "val", 3)
+    assert len(set(files)) == 3 and all(p == f"image {f.stem} first" for p, f in zip(prompts, files))
+    pixels = load_images(files, 16)
+    assert pixels.shape == (3, 3, 16, 16) and pixels.dtype == torch.uint8
+    extractor = TinyFeatures()
+    streamed, in_memory = reference_stats(files, 16, extractor, batch=2), image_stats(pixels, extractor)
+    assert all(torch.allclose(torch.as_tensor(streamed[k]), torch.as_tensor(in_memory[k])) for k in ("mu", "sigma"))
+    score = clip_score(pixels, prompts, tiny_clip(tmp_path / "clip"))
+    assert 0 <= score <= 100
+
+
 def test_sd_throughput_command_on_the_tiny_stack(tmp_path):
     from disback.__main__ import main
 
