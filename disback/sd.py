@@ -168,11 +168,19 @@ class SDDenoiser(nn.Module):
         t = timestep_for_sigma(s.flatten(), self.sigmas).to(x.device)
         z_t = x / (1 + s ** 2).sqrt()                                # VP input
         n = len(x)
-        out = self._unet(z_t, t, self.bank.condition(labels, n, x.device))
-        if self.guidance_scale != 1.0:  # classifier-free guidance (the conversion to D is affine in the output)
-            uncond = self._unet(z_t, t, self.bank.condition(labels, n, x.device, uncond=True))
+        cond = self.bank.condition(labels, n, x.device)
+        if self.guidance_scale == 1.0:
+            out = self._unet(z_t, t, cond)
+        else:  # classifier-free guidance in one batch (the conversion to D is affine in the output)
+            both = _cat(self.bank.condition(labels, n, x.device, uncond=True), cond)
+            uncond, out = self._unet(torch.cat([z_t, z_t]), torch.cat([t, t]), both).chunk(2)
             out = uncond + self.guidance_scale * (out - uncond)
         return CONVERSIONS[self.prediction_type](x, s.flatten(), out).to(x.dtype)
+
+
+def _cat(a: dict, b: dict) -> dict:
+    """Two UNet keyword dicts (tensors, or dicts of tensors) concatenated along the batch."""
+    return {k: _cat(v, b[k]) if isinstance(v, dict) else torch.cat([v, b[k]]) for k, v in a.items()}
 
 
 # ---- LoRA ----------------------------------------------------------------------------------------------------------

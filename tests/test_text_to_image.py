@@ -85,6 +85,17 @@ def test_one_step_generator_starts_as_teacher_single_step(stack):
     torch.testing.assert_close(got, ((z - (1 - abar).sqrt() * eps) / abar.sqrt()).float(), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+def test_guidance_is_uncond_plus_scale_times_the_difference(kind, stack, tmp_path):
+    stack = stack if kind == "sd15" else random_stack(tmp_path / kind, "tiny", kind)
+    guided, plain = make_teacher(stack, PROMPTS, guidance_scale=3.0), make_teacher(stack, PROMPTS)
+    x = torch.randn(3, *plain.data_shape, generator=torch.Generator().manual_seed(2))
+    sigma, labels = torch.tensor([0.5, 2.0, 8.0]), torch.tensor([1, 2, 0])
+    with torch.no_grad():
+        cond, uncond = plain(x, sigma, labels), plain(x, sigma, None)  # labels None: the unconditional input
+        torch.testing.assert_close(guided(x, sigma, labels), uncond + 3.0 * (cond - uncond), atol=3e-4, rtol=1e-3)
+
+
 def test_backtracking_switches_the_target_unet_and_ends_on_the_teacher(stack, tmp_path):
     teacher = make_teacher(stack, PROMPTS, guidance_scale=2.0)
     sigma = teacher.sigma_at(399)
