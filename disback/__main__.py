@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     bench.add_argument("--batch", type=int, default=4, help="samples per update")
     bench.add_argument("--fake-steps", type=int, default=1, help="fake-score updates per generator update")
     bench.add_argument("--guidance", type=float, default=1.75, help="classifier-free guidance of the target")
+    bench.add_argument("--checkpointing", action="store_true", help="UNet gradient checkpointing (memory for time)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--out", default=None, help="JSON file for the result")
     args = parser.parse_args(argv)
@@ -126,7 +127,7 @@ def _sd_throughput(args) -> int:
         print(f"sd-throughput: --precision from {tuple(PRECISIONS)}, --lora from on, off", file=sys.stderr)
         return 2
     result = sd_throughput(args.size, args.updates, precisions, loras, args.out, args.batch, args.warmup,
-                           args.lora_rank, args.guidance, args.fake_steps, args.device)
+                           args.lora_rank, args.guidance, args.fake_steps, args.device, args.checkpointing)
     return 0 if all("error" not in r for r in result["rows"]) else 1
 
 

@@ -38,9 +38,10 @@ def _sync(device) -> None:
 
 
 def time_disback(stack, precision: str, lora_rank: int, updates: int, warmup: int, batch: int, guidance: float,
-                 fake_steps: int, device, work_dir) -> dict:
+                 fake_steps: int, device, work_dir, checkpointing: bool = False) -> dict:
     """One row: seconds per DisBack update (mean over ``updates`` after ``warmup``) and peak memory."""
-    teacher = make_teacher(stack, bench_prompts(16), guidance, lora_rank, PRECISIONS[precision], device)
+    teacher = make_teacher(stack, bench_prompts(16), guidance, lora_rank, PRECISIONS[precision], device,
+                           checkpointing)
     sigma_init = teacher.sigma_at(399)
     common = dict(batch=batch, sigma_init=sigma_init, p_mean=-0.4, p_std=1.6, seed=0)
     if torch.device(device).type == "cuda":
@@ -63,6 +64,7 @@ def time_disback(stack, precision: str, lora_rank: int, updates: int, warmup: in
     backtrack(teacher, path, config, work_dir / "distill", metric_fn=clock, progress=False)
     seconds = (stamps[-1] - stamps[1]) / updates  # from the end of the warm-up to the last update
     row = {"precision": precision, "lora_rank": lora_rank, "batch": batch, "fake_steps": fake_steps,
+           "checkpointing": checkpointing,
            "updates_timed": updates, "sec_per_update": seconds, "updates_per_s": 1 / seconds,
            "samples_per_s": batch / seconds, "degrade_s": degrade_s,
            "trainable_parameters": sum(p.numel() for p in teacher.parameters())}
@@ -72,7 +74,8 @@ def time_disback(stack, precision: str, lora_rank: int, updates: int, warmup: in
 
 
 def sd_throughput(size: str, updates: int, precisions, loras, out, batch: int = 4, warmup: int = 3,
-                  lora_rank: int = 64, guidance: float = 1.75, fake_steps: int = 1, device: str = "auto") -> dict:
+                  lora_rank: int = 64, guidance: float = 1.75, fake_steps: int = 1, device: str = "auto",
+                  checkpointing: bool = False) -> dict:
     """Rows of ``time_disback`` for every precision x LoRA choice, written to ``out`` as JSON."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     work = Path(tempfile.mkdtemp(prefix="sd_bench_"))
@@ -91,7 +94,7 @@ def sd_throughput(size: str, updates: int, precisions, loras, out, batch: int = 
             run = work / f"{precision}_lora{rank}"
             try:
                 rows.append(time_disback(stack, precision, rank, updates, warmup, batch, guidance, fake_steps,
-                                         device, run))
+                                         device, run, checkpointing))
             except Exception as e:  # noqa: BLE001 - a failed row (e.g. out of memory, fp16 overflow) is a result
                 rows.append({"precision": precision, "lora_rank": rank, "batch": batch,
                              "error": f"{type(e).__name__}: {e}"[:500]})

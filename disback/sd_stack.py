@@ -37,13 +37,16 @@ class SDStack:
 
 
 def make_teacher(stack: SDStack, prompts: list[str], guidance_scale: float = 1.0, lora_rank: int = 0,
-                 autocast: torch.dtype | None = None, device=None) -> SDDenoiser:
+                 autocast: torch.dtype | None = None, device=None, checkpointing: bool = False) -> SDDenoiser:
     """The teacher denoiser of ``stack`` conditioned on ``prompts`` (labels index them); LoRA adapters when
-    ``lora_rank > 0`` (zero-initialised: the teacher is unchanged, its trainable copies train only the adapters)."""
+    ``lora_rank > 0`` (zero-initialised: the teacher is unchanged, its trainable copies train only the adapters);
+    ``checkpointing``: the UNet recomputes its blocks' activations in the backward pass (memory for time)."""
     for enc in stack.text_encoders:
         enc.to(device)
     bank = encode_prompts(prompts, stack.tokenizers, stack.text_encoders, stack.resolution, device=device)
     unet = add_lora(copy.deepcopy(stack.unet), lora_rank) if lora_rank > 0 else stack.unet
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
     teacher = SDDenoiser(unet, stack.scheduler.alphas_cumprod, stack.scheduler.config.prediction_type, bank,
                          stack.latent_shape, guidance_scale, autocast)
     return teacher.to(device).eval().requires_grad_(False)

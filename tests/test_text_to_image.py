@@ -130,6 +130,19 @@ def test_lora_trains_only_the_adapters(stack, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
 
 
+def test_gradient_checkpointing_changes_memory_not_the_update(stack, tmp_path):
+    """One DisBack-loop update with UNet gradient checkpointing gives the same generator as without it."""
+    weights = []
+    for checkpointing in (False, True):
+        teacher = make_teacher(stack, PROMPTS, lora_rank=4, checkpointing=checkpointing)
+        config = DistillConfig(method="dmd", iters=1, batch=2, lr_gen=1e-2, lr_fake=1e-2, eval_every=0,
+                               sigma_init=teacher.sigma_at(399), p_mean=-0.4, p_std=1.6)
+        weights.append(distill(teacher, config, tmp_path / str(checkpointing), progress=False).generator.state_dict())
+    assert any(m.gradient_checkpointing for m in teacher.unet.modules() if hasattr(m, "gradient_checkpointing"))
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind, prediction_type", [("sd15", "epsilon"), ("sd15", "v_prediction"), ("sdxl", "epsilon")])
 def test_exported_generator_samples_in_one_step_in_a_diffusers_pipeline(kind, prediction_type, stack, tmp_path):
     if (kind, prediction_type) != ("sd15", "epsilon"):
