@@ -51,13 +51,13 @@ def asset_paths(setting: str, root=None) -> dict:
 
 
 def missing_assets(setting: str, root=None) -> list[str]:
-    """The assets a paper run of ``setting`` needs that are not in the cache folder (empty when all are there)."""
+    """The assets a paper run of ``setting`` needs that are not in the cache folder, as paths relative to it."""
     from .edm_pickle import CONVERTED_JSON
 
-    p = asset_paths(setting, root)
-    need = {"converted teacher": p["teacher"] / CONVERTED_JSON, "FID reference": p["fid_ref"],
-            "Inception weights": p["inception"]}
-    return [f"{what} {path}" for what, path in need.items() if not path.is_file()]
+    root = Path(root) if root is not None else paper_asset_dir()
+    need = {"converted teacher": Path(PAPER_ASSETS[setting]["teacher"]) / CONVERTED_JSON,
+            "FID reference": PAPER_ASSETS[setting]["fid_ref"], "Inception weights": INCEPTION_WEIGHTS}
+    return [f"{what} {rel}" for what, rel in need.items() if not (root / rel).is_file()]
 
 
 class RandomFeatures(nn.Module):
@@ -90,18 +90,24 @@ def _fid_setting(name: str, extractor_fn, reference: dict, shape, teacher_fn, in
     """A data-free setting whose metric is the FID of samples' features (``extractor_fn()``) against ``reference``."""
     from .inception import frechet_distance, image_statistics
 
-    extractor = []  # built on first use: Inception is slow to load and not needed to build the setting
+    cache = []  # the extractor, built on first use: Inception is slow to load and not needed to build the setting
+
+    def extractor():
+        if not cache:
+            cache.append(extractor_fn())
+        return cache[0]
 
     def metric_fn(samples: torch.Tensor, _labels=None, batch: int = 250) -> dict:
-        if not extractor:
-            extractor.append(extractor_fn())
-        stats = image_statistics((to_uint8(samples[i:i + batch]) for i in range(0, len(samples), batch)), extractor[0])
+        stats = image_statistics((to_uint8(samples[i:i + batch]) for i in range(0, len(samples), batch)), extractor())
         return {"fid": frechet_distance(stats, reference)}
+
+    metric_fn.extractor, metric_fn.reference = extractor, reference  # for FID over seed sets (paper_runs.final_fid)
 
     kind, kwargs = EDM_TEACHER_SAMPLERS[name]
     info = {"description": DESCRIPTION[name], "teacher_sampler": kind, "teacher_nfe": heun_nfe(kwargs["num_steps"]),
             **info}
-    return Setting(name, None, None, reference, None, metric_fn, "fid", info=info, shape=tuple(shape),
+    stats = {k: torch.from_numpy(v) for k, v in reference.items()}  # tensors: runs are keyed by their digest
+    return Setting(name, None, None, stats, None, metric_fn, "fid", info=info, shape=tuple(shape),
                    classes=LABEL_DIM[name], teacher_fn=teacher_fn)
 
 

@@ -64,7 +64,8 @@ def test_paper_setting_without_assets_says_what_is_missing(tmp_path, monkeypatch
     with pytest.raises(ArtifactError) as e:
         load_setting("imagenet64")
     msg = str(e.value)
-    assert "make download" in msg and "imagenet-64x64.npz" in msg and "edm_teacher.json" in msg
+    assert "make download" in msg and "fid-refs/imagenet-64x64.npz" in msg and "edm_teacher.json" in msg
+    assert str(tmp_path) in msg
     with pytest.raises(ValueError, match="unknown option"):
         load_setting("ffhq64", tiny=True, colour=True)
 
