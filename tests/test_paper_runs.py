@@ -51,3 +51,22 @@ def test_gpu_hours_count_every_part_and_prefer_a_measured_time(tmp_path):
     lines = gpu_hours_lines(ROOT, tmp_path)
     assert any(line.startswith("| `09_imagenet64` |") and "measured" in line for line in lines)
     assert any(line.startswith("| `07_ffhq64` |") and "estimated" in line and "GFLOP" in line for line in lines)
+
+
+def test_cpu_profile_notebook_writes_its_status_record_through_papermill(tmp_path, monkeypatch):
+    """`make reproduce` (cpu) runs notebook 09 with params/cpu: a pending record in seconds, a clean notebook."""
+    import papermill as pm
+
+    from disback.clean_notebook import main as clean_notebook
+
+    monkeypatch.setenv("DISBACK_ASSETS", str(tmp_path / "cache"))
+    params = {**yaml.safe_load((ROOT / "params" / "cpu" / "09_imagenet64__imagenet64.yaml").read_text()),
+              "profile": "cpu", "results_root": str(tmp_path / "results"), "runs_root": str(tmp_path / "runs")}
+    out = tmp_path / "09.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "09_imagenet64.ipynb"), str(out), parameters=params,
+                        kernel_name="disback", cwd=str(ROOT / "notebooks"), progress_bar=False)
+    clean_notebook([str(out)])  # as `make reproduce` does
+    rec = json.loads((tmp_path / "results" / "cpu" / "metrics" / "09_imagenet64__imagenet64.json").read_text())
+    assert rec["status"] == "pending" and rec["needs"]
+    text = out.read_text().replace(str(tmp_path), "")
+    assert str(ROOT) not in text and str(Path.home()) not in text
