@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce report test smoke bench lab clean clean-runs convert-teacher
+.PHONY: help setup reproduce report test smoke bench lab clean clean-runs convert-teacher download
 .DEFAULT_GOAL := help
 
 help:
@@ -21,7 +21,9 @@ help:
 	@echo "make clean        remove runs/ and results/smoke/"
 	@echo "make clean-runs   empty runs/$(PROFILE)/ (the shared runs; time a full reproduction from none)"
 	@echo "make convert-teacher PKL=... OUT=...  convert a downloaded EDM pickle to safetensors (safe loader)"
-	@echo "variables: PROFILE=smoke|cpu|paper (default cpu), SETTING=ring2d|digits, JOBS=2"
+	@echo "make download     paper scale: EDM teachers (converted), FID references, Inception weights into ASSETS"
+	@echo "variables: PROFILE=smoke|cpu|paper (default cpu), SETTING=ring2d|digits, JOBS=2,"
+	@echo "           ASSETS=<folder> (paper-scale asset cache; default \$$DISBACK_ASSETS, else ~/.cache/disback)"
 
 setup: $(STAMP)
 
@@ -40,6 +42,10 @@ $(STAMP): pyproject.toml
 SETTINGS = $(sort $(foreach p,$(wildcard params/$(PROFILE)/*__*.yaml),$(lastword $(subst __, ,$(basename $(notdir $(p)))))))
 RUN_SETTINGS = $(if $(filter-out *,$(SETTING)),$(SETTING),$(SETTINGS))
 JOBS ?= 2
+# The paper-scale asset cache (disback/download.py): ASSETS=<folder> reaches make download and the notebooks alike.
+ifneq ($(ASSETS),)
+export DISBACK_ASSETS := $(abspath $(ASSETS))
+endif
 OUTDIR := results/$(PROFILE)/notebooks
 PROGRESS := runs/$(PROFILE)/progress.log
 # Settings in the order of their longest chain of notebooks (digits first).
@@ -64,12 +70,15 @@ $(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(call needs_of,
 
 reproduce: setup
 	@test -n "$(STEMS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }
-	@mkdir -p $(OUTDIR) runs/$(PROFILE); : > $(PROGRESS)
-	@tail -n0 -F $(PROGRESS) 2>/dev/null & tailer=$$!; \
+	@empty=$$(test -z "$$(ls -A runs/$(PROFILE) 2>/dev/null | grep -v '^progress.log$$')" && echo 1 || echo 0); \
+	  mkdir -p $(OUTDIR) runs/$(PROFILE); : > $(PROGRESS); \
+	  tail -n0 -F $(PROGRESS) 2>/dev/null & tailer=$$!; \
 	  start=$$(date +%s); \
 	  $(MAKE) --no-print-directory -B -j$(JOBS) $(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(STEMS))) PROFILE=$(PROFILE) SETTING='$(SETTING)'; rc=$$?; \
-	  sleep 1; kill $$tailer 2>/dev/null; \
-	  echo "notebooks finished in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s (rc=$$rc)"; exit $$rc
+	  sleep 1; kill $$tailer 2>/dev/null; took=$$(( $$(date +%s) - start )); \
+	  echo "notebooks finished in $$(( took / 60 )) min $$(( took % 60 )) s (rc=$$rc)"; \
+	  if [ '$(SETTING)' = '*' ]; then $(PY) -m disback.bench --profile $(PROFILE) --results results \
+	    --record-reproduce-time $$took --test-rc $$rc --from-empty $$empty --jobs $(JOBS); fi; exit $$rc
 	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
 
 $(OUTDIR)/%.ipynb: params/$(PROFILE)/%.yaml
@@ -122,3 +131,11 @@ clean-runs:
 convert-teacher: setup
 	@test -n "$(PKL)" -a -n "$(OUT)" || { echo "usage: make convert-teacher PKL=<edm pickle> OUT=<folder>"; exit 2; }
 	$(PY) -m disback convert-teacher $(PKL) $(OUT)
+
+# Paper scale: the three EDM teachers, their FID reference statistics and the Inception weights (disback/assets.yaml)
+# into the asset cache, each checked against its sha256 (trust on first use while the manifest has none), resumable
+# after an interruption; each teacher is converted into <cache>/teachers/<setting>/. SETTING=imagenet64 fetches one
+# setting's files, NAMES="a.npz b.pkl" the named ones; BASE_URL=<mirror> reads a mirror laid out like the cache.
+download: setup
+	@$(PY) -m disback download $(if $(filter-out *,$(SETTING)),--setting $(SETTING)) \
+	  $(if $(BASE_URL),--base-url $(BASE_URL)) $(NAMES)

@@ -159,9 +159,10 @@ def wall_times(results: Path, profile: str) -> dict:
         meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
         if meta.get("duration") is not None:
             notebooks[nb.stem] = meta["duration"]
-    test_file = results / TEST_TIME
+    test_file, repro_file = results / TEST_TIME, results / profile / REPRODUCE_TIME
     test = read_json(test_file) if test_file.is_file() else {"missing": f"no {test_file.name}: run `make test`"}
-    return {"notebooks": notebooks, "make_test": test}
+    reproduce = read_json(repro_file)["runs"] if repro_file.is_file() else []
+    return {"notebooks": notebooks, "make_test": test, "make_reproduce": reproduce}
 
 
 def run(profile: str, results: Path, runs: Path, root: Path) -> dict:
@@ -224,6 +225,12 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
     rows += [(f"one-step / Heun sampling throughput, {p['teacher']}", p["status"], f"NFE ratio {p['nfe_ratio']}x")
              for p in r["paper_sampling"]]
     rows += [(f"notebook `{stem}` wall time", _minutes(d), "papermill metadata") for stem, d in r["notebooks"].items()]
+    for i, run in enumerate(reversed(r.get("make_reproduce", [])[-3:])):  # the latest first, then two before it
+        label = "`make reproduce` notebooks wall time" + ("" if i == 0 else f" (earlier run {i})")
+        how = (f"{'from empty runs/' if run['from_empty_runs'] else 'reusing finished runs'}, -j{run['jobs']}, "
+               f"{'passed' if run['passed'] else 'FAILED'}, commit {run.get('commit') or '?'}, {run['finished']}"
+               + (f"; {run['note']}" if run.get("note") else ""))
+        rows.append((label, _minutes(run["seconds"]), how))
     test = r["make_test"]
     rows.append(("`make test` wall time", _minutes(test["seconds"]) if "seconds" in test else "missing",
                  f"{'passed' if test.get('passed') else 'FAILED'}, finished {test.get('finished', '?')}"
@@ -252,6 +259,32 @@ def bench_lines(results_dir: Path, profile: str, root: Path) -> list[str]:
     return lines + ["", f"Source: [`{src}`]({src})."]
 
 
+REPRODUCE_TIME = "reproduce_time.json"  # in results/<profile>/: every `make reproduce`, appended by the Makefile
+
+
+def _commit() -> str | None:
+    """The checkout's commit (``+dirty`` when tracked files differ from it), or None outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "disback", "notebooks", "params"]).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def record_reproduce_time(results: Path, profile: str, seconds: float, rc: int, from_empty: bool, jobs: int) -> Path:
+    """Append one ``make reproduce`` (its notebooks' wall time) to ``results/<profile>/reproduce_time.json``."""
+    out = Path(results) / profile / REPRODUCE_TIME
+    history = read_json(out)["runs"] if out.is_file() else []
+    history.append({"seconds": seconds, "passed": rc == 0, "from_empty_runs": from_empty, "jobs": jobs,
+                    "commit": _commit(), "machine": machine(),
+                    "finished": datetime.datetime.now().isoformat(timespec="seconds")})
+    write_json(out, {"runs": history})
+    return out
+
+
 def record_test_time(results: Path, seconds: float, passed: bool) -> Path:
     """Write ``<results>/test_time.json`` for the bench to quote (called by the Makefile's ``test`` target)."""
     out = Path(results) / TEST_TIME
@@ -268,9 +301,18 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the notebooks run single-threaded)")
     ap.add_argument("--record-test-time", type=float, metavar="SECONDS",
                     help="only record `make test`'s wall time (with --test-rc) and exit")
-    ap.add_argument("--test-rc", type=int, default=0, help="exit status of `make test`'s pytest runs")
+    ap.add_argument("--test-rc", type=int, default=0, help="exit status of `make test`'s pytest runs (or of reproduce)")
+    ap.add_argument("--record-reproduce-time", type=float, metavar="SECONDS",
+                    help="only append `make reproduce`'s wall time (with --test-rc, --from-empty, --jobs) and exit")
+    ap.add_argument("--from-empty", type=int, default=0, help="1 when runs/<profile>/ held no finished run at the start")
+    ap.add_argument("--jobs", type=int, default=2, help="make's -j for the recorded reproduce")
     args = ap.parse_args(argv)
     root = Path.cwd()
+    if args.record_reproduce_time is not None:
+        out = record_reproduce_time(Path(args.results), args.profile, args.record_reproduce_time, args.test_rc,
+                                    bool(args.from_empty), args.jobs)
+        print(f"wrote {out}")
+        return
     if args.record_test_time is not None:
         print(f"wrote {record_test_time(Path(args.results), args.record_test_time, args.test_rc == 0)}")
         return

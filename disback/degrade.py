@@ -5,18 +5,17 @@ G0's samples; nodes are saved at the steps given by ``path.node_steps``.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 
 from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, write_json
 from .config import DegradeConfig
-from .generator import frozen_copy, make_generator
+from .generator import frozen_copy, make_generator, trainable_copy
 from .path import MANIFEST, DegradationPath, PathWriter, node_steps
 from .progress import bar as progress_bar
 from .runlock import locks_run_dir
-from .steps import fake_score_step
+from .steps import adam, fake_score_step
 
 
 @locks_run_dir
@@ -28,8 +27,8 @@ def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool =
     torch.manual_seed(config.seed)
     rng = torch.Generator().manual_seed(config.seed)
     generator0 = frozen_copy(make_generator(teacher, config.sigma_init))  # G0: frozen throughout stage 1
-    degraded = copy.deepcopy(teacher).train().requires_grad_(True)       # s'_theta, starts as the teacher
-    opt = torch.optim.Adam(degraded.parameters(), lr=config.lr)
+    degraded = trainable_copy(teacher).train().requires_grad_(True)      # s'_theta, starts as the teacher
+    opt = adam(degraded.parameters(), config.lr)
     teacher_fp = fingerprint(teacher)
     state = TrainingState(run_dir, f"{config.hash()}-{teacher_fp[:16]}")
     meta = state.load({"degraded": degraded}, {"degraded": opt}, rng)

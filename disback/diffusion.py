@@ -84,7 +84,7 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
 
 def denoising_loss(denoiser, x0: torch.Tensor, sigma: torch.Tensor, labels=None, generator=None) -> torch.Tensor:
     """EDM denoising score matching, per sample: lambda(sigma) * ||D(x0 + sigma n) - x0||^2 / dim."""
-    n = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    n = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)  # drawn on the generator's device
     s = expand_sigma(sigma, x0)
     err = (denoiser(x0 + s * n, sigma, labels) - x0) ** 2
     return edm_loss_weight(sigma, denoiser.sigma_data) * err.flatten(1).mean(1)

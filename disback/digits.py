@@ -32,6 +32,7 @@ from .data import load_digits
 from .fid import fid
 from .metrics import frechet_distance_samples
 from .settings import Setting, register_setting
+from .steps import adam
 
 OPTIONS = ("size", "classifier_dir", "held_out")
 EXTRACTOR = "digits-classifier"  # the name torch-fidelity knows ClassifierFeatures by
@@ -111,7 +112,7 @@ def train_classifier(images, labels, held_images, held_labels, config: Classifie
         torch.manual_seed(config.seed)
         net = DigitsClassifier(config.size, config.width, config.feat_dim, int(labels.max()) + 1)
     steps = config.epochs * (len(images) // config.batch)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    opt = adam(net.parameters(), config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(config.epochs):
         perm = torch.randperm(len(images), generator=gen)

@@ -8,7 +8,6 @@ separates the effect of the path from the effect of the fake score's starting po
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,11 +18,11 @@ from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_
     write_json
 from .config import DistillConfig
 from .diffusion import heun_nfe
-from .generator import EMA, frozen_copy, make_generator
+from .generator import EMA, frozen_copy, make_generator, trainable_copy
 from .path import DegradationPath, TargetSchedule
 from .progress import bar as progress_bar
 from .runlock import locks_run_dir
-from .steps import (BACKWARD, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
+from .steps import (BACKWARD, adam, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
                     generator_step, regression_pairs)
 
 SNAPSHOTS = "snapshots"  # generator weights kept every ``snapshot_every`` updates: snapshots/gen_<step>.safetensors
@@ -95,13 +94,13 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
 
     # Networks: G from the teacher; the fake score from the teacher, or (DisBack, control) from the last node.
     generator = make_generator(teacher, config.sigma_init).train()
-    fake = copy.deepcopy(teacher).train().requires_grad_(True)
+    fake = trainable_copy(teacher).train().requires_grad_(True)
     if config.backtrack or config.fake_from_path:
         path.load_node(path.num_nodes, fake)
     target = frozen_copy(teacher)
     ema = EMA(generator, config.ema) if config.ema > 0 else None
-    opt_gen = torch.optim.Adam(generator.parameters(), lr=config.lr_gen)
-    opt_fake = torch.optim.Adam(fake.parameters(), lr=config.lr_fake)
+    opt_gen = adam(generator.parameters(), config.lr_gen)
+    opt_fake = adam(fake.parameters(), config.lr_fake)
     modules = {"generator": generator, "fake": fake, **({"ema": ema.module} if ema else {})}
     optimizers = {"generator": opt_gen, "fake": opt_fake}
     pairs = regression_pairs(teacher, config.reg_pairs, config.reg_sigma_max) if config.reg_weight > 0 else None

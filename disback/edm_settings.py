@@ -2,8 +2,8 @@
 
 Data-free: the teacher is NVIDIA's EDM network converted once to safetensors (``python -m disback convert-teacher``,
 ``make download``), the metric is Inception FID against EDM's reference statistics (``.npz``), and no training image
-is read (every loss here is data-free). Assets come from one cache folder, ``paper_asset_dir()`` (``$DISBACK_ASSETS``,
-default ``~/.cache/disback``), laid out as ``PAPER_ASSETS`` says.
+is read (every loss here is data-free). Assets come from the cache folder ``make download`` fills
+(``paper_asset_dir()``: ``$DISBACK_ASSETS``, default ``~/.cache/disback``), laid out as ``PAPER_ASSETS`` says.
 
 Option ``tiny=True`` (the notebooks' smoke scale): a tiny random network of the teacher's architecture at
 ``resolution`` pixels, a small random feature net in place of Inception and random images as the reference. Every
@@ -11,7 +11,6 @@ code path runs in seconds with no asset; the numbers mean nothing.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -38,8 +37,11 @@ OPTIONS = ("tiny", "resolution", "assets")
 
 
 def paper_asset_dir() -> Path:
-    """The cache folder of the paper's assets: ``$DISBACK_ASSETS``, else ``~/.cache/disback``."""
-    return Path(os.environ.get(ASSETS_ENV) or Path.home() / ".cache" / "disback")
+    """The cache folder of the paper's assets, as ``make download`` fills it (``download.asset_dir``: $DISBACK_ASSETS,
+    else $XDG_CACHE_HOME/disback, else ~/.cache/disback); ``PAPER_ASSETS`` is the same layout as its manifest."""
+    from .download import asset_dir
+
+    return asset_dir()
 
 
 def asset_paths(setting: str, root=None) -> dict:

@@ -81,7 +81,8 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
 # retrains nothing at the cpu scale.
 PRESENTATION_MODULES = ("plots.py", "report.py", "analysis.py", "bench.py", "progress.py", "clean_notebook.py",
                         "runlock.py", "__main__.py", "edm.py", "edm_precond.py", "edm_pickle.py", "inception.py",
-                        "presets.py", "throughput.py", "edm_settings.py", "paper_runs.py", "gpu_hours.py")
+                        "download.py", "presets.py", "throughput.py", "edm_settings.py", "paper_runs.py",
+                        "gpu_hours.py")
 
 
 @lru_cache(maxsize=1)
@@ -133,10 +134,8 @@ def shared_runs(paths: Paths, teacher, setting: Setting, config: DistillConfig, 
     root = paths.runs / "distill" / f"{config.method}{arm}-{digest}"
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "key.json", key)
-    if probe_fn is not None and probe_name is None:
-        for seed in seeds:
-            shutil.rmtree(root / f"seed{seed}", ignore_errors=True)
-    return run_seeds(teacher, setting, config, seeds, root, num_eval, path, progress, probe_fn)
+    return run_seeds(teacher, setting, config, seeds, root, num_eval, path, progress, probe_fn,
+                     fresh=probe_fn is not None and probe_name is None)
 
 
 def shared_path(paths: Paths, teacher, config: DegradeConfig, progress: bool = True) -> DegradationPath:
@@ -160,8 +159,9 @@ SHARED_RUN_WAIT = 3600.0  # seconds a notebook waits for another that trains the
 
 
 def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root: Path, num_eval: int,
-              path: DegradationPath | None = None, progress: bool = True, probe_fn=None) -> list:
-    """``distill`` once per seed (into ``run_root/seed<k>``); returns the per-seed ``DistillResult``s."""
+              path: DegradationPath | None = None, progress: bool = True, probe_fn=None, fresh: bool = False) -> list:
+    """``distill`` once per seed (into ``run_root/seed<k>``); returns the per-seed ``DistillResult``s. ``fresh``
+    retrains each seed from scratch (its folder emptied while holding the folder's lock)."""
     if (config.backtrack or config.fake_from_path) and path is None:
         raise ArtifactError("backtrack / fake_from_path need the degradation path (run notebook 02 first)")
     from .progress import RunCounter
@@ -171,11 +171,22 @@ def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root:
     for seed in seeds:
         run_dir = Path(run_root) / f"seed{seed}"
         with run_lock(run_dir, wait=SHARED_RUN_WAIT):  # another notebook training this very run: wait, then load it
+            if fresh:
+                _empty_folder(run_dir)
             results.append(distill(teacher, config.replace(seed=int(seed)), run_dir, path=path,
                                    metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress,
                                    probe_fn=probe_fn))
         counter.step(f"seed {seed}")
     return results
+
+
+def _empty_folder(folder: Path) -> None:
+    """Remove everything inside a run folder except its lock files (held by the caller while it empties it)."""
+    from .runlock import LOCK_FILE, PID_FILE
+
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if entry.name not in (LOCK_FILE, PID_FILE):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 @torch.no_grad()

@@ -84,8 +84,8 @@ def fid(samples: torch.Tensor, reference: torch.Tensor, extractor: str = "digits
             classifier = load_classifier(weights_path)
         options["digits_classifier"] = classifier
     elif weights_path is None:
-        raise ValueError("extractor='inception-v3-compat' needs weights_path=<local Inception weights file>; "
-                         "nothing is downloaded")
+        raise ValueError("extractor='inception-v3-compat' needs weights_path=<local Inception weights file>; nothing "
+                         "is downloaded here: `make download` fetches it to disback.download.inception_weights()")
     else:
         options["feature_extractor_weights_path"] = str(weights_path)
     if feature_layer is not None:

@@ -2,26 +2,42 @@
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 
 import torch
 from torch import nn
 
 
 class OneStepGenerator(nn.Module):
-    """G(z, labels) = D(sigma_init * z, sigma_init, labels), with D initialised from the teacher."""
+    """G(z, labels) = D(input_scale * z, sigma_init, labels), with D initialised from the teacher.
 
-    def __init__(self, denoiser: nn.Module, sigma_init: float):
+    ``input_scale`` is ``sigma_init`` (noise at exactly that level) unless the denoiser defines
+    ``one_step_input_scale(sigma)`` (Stable Diffusion: unit noise as the UNet's latent, DMD2's convention).
+    """
+
+    def __init__(self, denoiser: nn.Module, sigma_init: float, input_scale: float | None = None):
         super().__init__()
         self.denoiser = denoiser
         self.sigma_init = float(sigma_init)
+        self.input_scale = float(sigma_init if input_scale is None else input_scale)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.denoiser(self.sigma_init * z, self.sigma_init, labels)
+        return self.denoiser(self.input_scale * z, self.sigma_init, labels)
+
+
+def trainable_copy(teacher: nn.Module) -> nn.Module:
+    """A deep copy of the teacher to train (fake score, generator, degrading copy). A teacher with classifier-free
+    guidance (``guidance_scale``) gives an unguided copy: these model the generator's distribution, not a target."""
+    m = copy.deepcopy(teacher)
+    if getattr(m, "guidance_scale", 1.0) != 1.0:
+        m.guidance_scale = 1.0
+    return m
 
 
 def make_generator(teacher: nn.Module, sigma_init: float) -> OneStepGenerator:
-    """A trainable one-step generator initialised from (a deep copy of) the teacher."""
-    g = OneStepGenerator(copy.deepcopy(teacher), sigma_init)
+    """A trainable one-step generator initialised from (a trainable copy of) the teacher."""
+    scale = getattr(teacher, "one_step_input_scale", None)
+    g = OneStepGenerator(trainable_copy(teacher), sigma_init, scale(sigma_init) if scale else None)
     g.requires_grad_(True)
     return g
 
@@ -46,12 +62,29 @@ def seeded_labels(seeds, label_dim: int) -> torch.Tensor | None:
                          for s in seeds])
 
 
+CACHED_NOISE_NUMEL = 10 ** 7  # evaluation noise up to this size is drawn once per process and reused
+
+
+@lru_cache(maxsize=8)
+def _cached_latents(seeds: tuple, data_shape: tuple, label_dim: int):
+    return seeded_noise(seeds, data_shape), seeded_labels(seeds, label_dim)
+
+
+def seeded_latents(seeds, data_shape, label_dim: int = 0):
+    """``(seeded_noise, seeded_labels)`` of ``seeds``; small sets (every evaluation of a run uses the same seeds)
+    are kept in a per-process cache, so they are drawn once rather than at each evaluation. Bitwise the same."""
+    seeds, data_shape = tuple(int(s) for s in seeds), tuple(int(d) for d in data_shape)
+    numel = len(seeds) * int(torch.Size(data_shape).numel())
+    z, labels = (_cached_latents if numel <= CACHED_NOISE_NUMEL else _cached_latents.__wrapped__)(
+        seeds, data_shape, int(label_dim))
+    return z.clone(), None if labels is None else labels.clone()
+
+
 @torch.no_grad()
 def generate(generator: nn.Module, seeds, data_shape, label_dim: int = 0, labels=None, batch: int = 4096):
     """Samples G(z_i) for each seed i; labels drawn per seed unless given. Returns (samples, labels)."""
-    z = seeded_noise(seeds, data_shape)
-    if labels is None:
-        labels = seeded_labels(seeds, label_dim)
+    z, seeded = seeded_latents(seeds, data_shape, label_dim if labels is None else 0)
+    labels = seeded if labels is None else labels
     was_training = generator.training
     generator.eval()
     out = torch.cat([generator(z[i:i + batch], None if labels is None else labels[i:i + batch])

@@ -29,8 +29,8 @@ def inception_extractor(weights_path, feature_layer: str = "2048", cuda: bool = 
     """torch-fidelity's Inception-v3 with weights from a local file, first checked to hold only tensors."""
     weights_path = Path(weights_path)
     if not weights_path.is_file():
-        raise ArtifactError(f"missing Inception weights {weights_path} (torch-fidelity's "
-                            "weights-inception-2015-12-05-6726825d.pth; see README, paper scale)")
+        raise ArtifactError(f"missing Inception weights {weights_path}: run `make download` (it puts torch-fidelity's "
+                            "weights file at disback.download.inception_weights(); README, Paper scale: download)")
     try:  # torch-fidelity reads the file with weights_only=False: refuse anything but tensors first
         torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - one line naming the file
@@ -112,7 +112,8 @@ def reference_statistics(source, extractor=None, batch: int = 250) -> dict:
     """Reference {"mu", "sigma"}: read from an EDM-style ``.npz``, or computed from an image folder or zip."""
     source = Path(source)
     if not source.exists():
-        raise ArtifactError(f"missing FID reference {source} (download EDM's fid-refs .npz; README, paper scale)")
+        raise ArtifactError(f"missing FID reference {source}: run `make download` (it puts EDM's fid-refs .npz at "
+                            "disback.download.fid_reference(setting); README, Paper scale: download)")
     if source.suffix == ".npz":
         with np.load(source, allow_pickle=False) as f:
             if "mu" not in f or "sigma" not in f:

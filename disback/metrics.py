@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from .diffusion import score as model_score
 
@@ -12,6 +11,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)): the Frechet distance of two Gaussians (as in FID)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    from scipy import linalg  # imported where used: `import disback` works without the cpu profile's packages
+
     covmean = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():  # nearly singular product: regularise as in the FID literature
         eps = np.eye(len(cov1)) * 1e-6

@@ -23,26 +23,39 @@ COST_FAKE_STEP = 1 + (1 + BACKWARD)  # G forward; fake score forward + backward
 GRAD_THROUGH_DENOISERS = {"sid": 2}  # losses whose gradient flows back through the fake score and the target
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam as every loop here uses it: the multi-tensor (``foreach``) implementation, a few fused calls per step
+    instead of a dozen per parameter tensor (the nets are small, so per-call overhead counts). On CPU its updates
+    are bitwise those of the default single-tensor path (tests/test_math.py checks it)."""
+    return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 def cost_gen_step(method: str) -> int:
     """Forward-equivalent passes per sample of one generator update of ``method``."""
     through = GRAD_THROUGH_DENOISERS.get(method, 0)
     return (1 + BACKWARD) + 2 + through * BACKWARD
 
 
-def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator):
-    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``), on ``rng``'s device."""
-    z = torch.randn((batch, *data_shape), generator=rng, device=rng.device)
-    labels = torch.randint(label_dim, (batch,), generator=rng, device=rng.device) if label_dim else None
+def draw_latents(batch: int, data_shape, label_dim: int, rng: torch.Generator, device=None):
+    """Unit generator noise ``[batch, *data_shape]`` and uniform labels (or ``None``), drawn on ``rng``'s device and
+    moved to ``device`` (default: stay there)."""
+    device = device or rng.device
+    z = torch.randn((batch, *data_shape), generator=rng, device=rng.device).to(device)
+    labels = torch.randint(label_dim, (batch,), generator=rng, device=rng.device).to(device) if label_dim else None
     return z, labels
+
+
+def _device(module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
                     rng: torch.Generator, step: int, state_dir=None) -> float:
     """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss."""
-    z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng)
+    z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
     with torch.no_grad():
         x0 = generator(z, labels)
-    sigma = sample_sigma(batch, p_mean, p_std, rng, device=rng.device)
+    sigma = sample_sigma(batch, p_mean, p_std, rng, device=rng.device).to(x0.device)
     loss = fake_score_loss(fake_score, x0, sigma, labels, rng)
     check_finite(loss, step, "fake-score loss", state_dir)
     optimizer.zero_grad(set_to_none=True)
@@ -55,10 +68,11 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
                    state_dir=None, pairs=None) -> float:
     """One score-distillation update of ``generator`` toward ``target`` (Diff-Instruct / DMD / SiD), plus DMD's
     regression on ``pairs`` when ``config.reg_weight > 0``; returns the loss."""
-    z, labels = draw_latents(config.batch, fake_score.data_shape, fake_score.label_dim, rng)
+    z, labels = draw_latents(config.batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
     x0 = generator(z, labels)
-    sigma = sample_generator_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std, rng)
-    n = torch.randn(x0.shape, generator=rng, device=x0.device)
+    sigma = sample_generator_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std,
+                                   rng).to(x0.device)
+    n = torch.randn(x0.shape, generator=rng, device=rng.device).to(x0.device)
     fake_score.requires_grad_(False)
     loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
     fake_score.requires_grad_(True)

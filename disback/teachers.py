@@ -13,6 +13,7 @@ from .diffusion import EDMPrecond, denoising_loss, sample_sigma
 from .generator import EMA
 from .networks import build_backbone
 from .progress import bar as progress_bar
+from .steps import adam
 
 
 def build_denoiser(config: TeacherConfig, data_shape, sigma_data: float, label_dim: int = 0) -> EDMPrecond:
@@ -57,7 +58,7 @@ def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config
     sigma_data = float(data.std())
     net = build_denoiser(config, data.shape[1:], sigma_data, label_dim)
     ema = EMA(net, config.ema)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    opt = adam(net.parameters(), config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.iters, eta_min=config.lr * 0.05)
     modules, optimizers, state, start = {"net": net, "ema": ema.module}, {"net": opt}, None, 0
     if run_dir is not None:

@@ -158,10 +158,39 @@ def _stage1(teacher, config: DistillConfig, rng, updates: int, warmup: int, max_
     return timing, path
 
 
+@torch.no_grad()
+def measure_sampling(teacher, setting: str, batch: int, precision: str, device: torch.device, repeats: int = 3,
+                     sigma_init: float = 2.5, seed: int = 0) -> dict:
+    """Samples per second of a one-step generator (the teacher's network, one evaluation) against the teacher's own
+    sampler at EDM's settings for ``setting`` (``diffusion.EDM_TEACHER_SAMPLERS``: NFE 79 or 511), same network,
+    same batch; the sampler runs once (timed) after one untimed call of each."""
+    from .diffusion import EDM_TEACHER_SAMPLERS, heun_nfe, sample_teacher
+
+    kind, kwargs = EDM_TEACHER_SAMPLERS[setting]
+    nfe = heun_nfe(kwargs["num_steps"])
+    g = torch.Generator(device).manual_seed(seed)
+    noise = torch.randn((batch, *teacher.data_shape), generator=g, device=device)
+    labels = torch.randint(teacher.label_dim, (batch,), generator=g, device=device) if teacher.label_dim else None
+    onestep = make_generator(teacher, sigma_init).eval().requires_grad_(False)
+    with _autocast(precision, device):
+        one = lambda: onestep(noise, labels)  # noqa: E731
+        _reset_peak(device)
+        t_one = _timed(one, repeats, 1, 60.0, device)["s_per_update"]
+        teacher_kwargs = {"generators": [torch.Generator(device).manual_seed(i) for i in range(batch)]} \
+            if kind == "stochastic" else {}
+        many = lambda: sample_teacher(teacher, noise, setting, labels, **teacher_kwargs)  # noqa: E731
+        t_many = _timed(many, 1, 0, 600.0, device)["s_per_update"]
+    del onestep
+    return {"setting": setting, "precision": precision, "batch": batch, "sampler": kind, "teacher_nfe": nfe,
+            "onestep_samples_per_s": batch / t_one, "teacher_samples_per_s": batch / t_many,
+            "throughput_ratio": t_many / t_one, "nfe_ratio": nfe, **_peak(device)}
+
+
 def run_throughput(settings, methods, precisions, batches: dict, updates: int, warmup: int = 3,
                    max_seconds: float = 60.0, size: str = "full", resolution: int = 16, device=None,
-                   path_nodes: int = 2, out=None, log=print) -> dict:
-    """Measure every (setting, precision, method) arm; writes and returns the record (a throughput, not an FID)."""
+                   path_nodes: int = 2, out=None, log=print, sampling_batch: int = 0) -> dict:
+    """Measure every (setting, precision, method) arm, and with ``sampling_batch`` > 0 one-step against the teacher's
+    sampler (``measure_sampling``); writes and returns the record (a throughput, not an FID)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for s in settings:
         if s not in EDM_TEACHERS:
@@ -178,7 +207,7 @@ def run_throughput(settings, methods, precisions, batches: dict, updates: int, w
               "torch": torch.__version__, "size": size, "updates": updates, "warmup": warmup,
               "max_seconds": max_seconds, "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
                                                    "cudnn": torch.backends.cudnn.allow_tf32},
-              "settings": {}, "arms": []}
+              "settings": {}, "arms": [], "sampling": []}
     for setting in settings:
         teacher = random_edm_teacher(setting, size, resolution, device=device)
         record["settings"][setting] = {
@@ -201,6 +230,20 @@ def run_throughput(settings, methods, precisions, batches: dict, updates: int, w
                 log("  " + _summary(arm))
                 if out:
                     write_json(out, record)  # after every arm: a killed run keeps what it measured
+        for precision in precisions if sampling_batch else ():
+            log(f"sampling: {setting} {precision} batch {sampling_batch} ...")
+            try:
+                sampled = measure_sampling(teacher, setting, sampling_batch, precision, device)
+                sampled["status"] = "ok"
+                log(f"  one-step {sampled['onestep_samples_per_s']:.4g} samples/s, teacher "
+                    f"{sampled['teacher_samples_per_s']:.4g} samples/s: {sampled['throughput_ratio']:.0f}x "
+                    f"(NFE {sampled['teacher_nfe']})")
+            except torch.OutOfMemoryError as e:
+                sampled = {"setting": setting, "precision": precision, "batch": sampling_batch,
+                           "status": "out of memory", "error": str(e).splitlines()[0]}
+            record["sampling"].append(sampled)
+            if out:
+                write_json(out, record)
         del teacher
     record["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     if out:

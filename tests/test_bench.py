@@ -95,3 +95,16 @@ def test_bench_refuses_an_unknown_profile(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit, match=r"--profile paper: must be one of \('smoke', 'cpu'\)"):
         bench.main(["--profile", "paper", "--results", str(tmp_path)])
+
+
+def test_reproduce_times_accumulate_and_show_the_latest_first(tmp_path):
+    """Each `make reproduce` appends its wall time; the table shows the latest run, then the ones before it."""
+    for seconds, empty in ((2000.0, 1), (900.0, 0)):
+        bench.main(["--profile", "smoke", "--results", str(tmp_path), "--record-reproduce-time", str(seconds),
+                    "--from-empty", str(empty), "--jobs", "2"])
+    runs = json.loads((tmp_path / "smoke" / bench.REPRODUCE_TIME).read_text())["runs"]
+    assert [r["seconds"] for r in runs] == [2000.0, 900.0] and [r["from_empty_runs"] for r in runs] == [True, False]
+    rows = [r for r in bench.table_rows({**json.loads((ROOT / "results" / "cpu" / "bench.json").read_text()),
+                                         **bench.wall_times(tmp_path, "smoke")}) if "make reproduce" in r[0]]
+    assert rows[0][1] == "15.0 min" and "reusing finished runs" in rows[0][2]
+    assert "earlier run 1" in rows[1][0] and rows[1][1] == "33.3 min" and "from empty runs/" in rows[1][2]

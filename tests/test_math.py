@@ -120,3 +120,58 @@ def test_denoising_loss_weight_and_score_relation(gaussian):
     torch.testing.assert_close(score(gaussian, x, 0.5), gaussian.score(x, 0.5))
     loss = denoising_loss(gaussian, gaussian.sample(10, torch.Generator().manual_seed(0)), torch.full((10,), 0.5))
     assert loss.shape == (10,) and torch.isfinite(loss).all() and not math.isnan(loss.sum().item())
+
+
+def test_foreach_adam_is_bitwise_the_single_tensor_adam():
+    """The loops' Adam (``steps.adam``, multi-tensor) takes exactly the default implementation's steps on CPU."""
+    from disback.networks import build_backbone
+    from disback.steps import adam
+
+    torch.manual_seed(0)
+    nets = [EDMPrecond(build_backbone("unet", (1, 8, 8), width=8, depth=1, label_dim=3), 0.5, 3)
+            for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.Adam(nets[0].parameters(), lr=1e-2, foreach=False), adam(nets[1].parameters(), 1e-2)]
+    x, sigma, labels = torch.randn(6, 1, 8, 8), torch.rand(6) + 0.1, torch.randint(3, (6,))
+    for _ in range(4):
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            net(x, sigma, labels).square().mean().backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    assert not torch.equal(nets[0].state_dict()["backbone.out.2.weight"], torch.zeros_like(nets[0].state_dict()["backbone.out.2.weight"]))
+
+
+def test_channels_last_unet_matches_the_nchw_computation():
+    """The digits UNet runs its convolutions channels-last; its output equals the plain NCHW computation to float
+    rounding and comes back in the default layout, and the layout leaves the weights' digest unchanged."""
+    from disback.checkpoint import fingerprint
+    from disback.networks import build_backbone
+
+    torch.manual_seed(1)
+    net = build_backbone("unet", (1, 8, 8), width=8, depth=1, label_dim=3)
+    for p in net.parameters():  # the zero-initialised output layers would hide any difference
+        torch.nn.init.normal_(p, std=0.3)
+    x, c_noise, labels = torch.randn(5, 1, 8, 8), torch.randn(5), torch.randint(3, (5,))
+    out, digest = net(x, c_noise, labels), fingerprint(net)
+    assert out.is_contiguous() and net.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    net.channels_last = False
+    net.to(memory_format=torch.contiguous_format)
+    assert net.inp.weight.is_contiguous() and fingerprint(net) == digest
+    ref = net(x, c_noise, labels)
+    assert not torch.equal(out, torch.zeros_like(out)) and out.abs().max() > 1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_evaluation_latents_are_the_seeded_ones_and_safe_to_modify():
+    """Evaluation noise comes from a per-process cache: the same values as drawing it per seed, and a caller that
+    modifies what it got cannot change what the next evaluation gets."""
+    from disback.generator import seeded_labels, seeded_latents, seeded_noise
+
+    seeds = range(10 ** 6, 10 ** 6 + 50)
+    z, labels = seeded_latents(seeds, (1, 8, 8), 10)
+    assert torch.equal(z, seeded_noise(seeds, (1, 8, 8))) and torch.equal(labels, seeded_labels(seeds, 10))
+    z.zero_(), labels.zero_()
+    z2, labels2 = seeded_latents(seeds, (1, 8, 8), 10)
+    assert torch.equal(z2, seeded_noise(seeds, (1, 8, 8))) and torch.equal(labels2, seeded_labels(seeds, 10))
+    assert seeded_latents(seeds, (2,), 0)[1] is None

@@ -124,3 +124,33 @@ def test_the_code_key_follows_the_computation_not_the_plots(tmp_path):
     assert sources_digest(package) == before
     (package / "losses.py").write_text((package / "losses.py").read_text() + "\n# changed\n")
     assert sources_digest(package) != before
+
+
+def test_an_unnamed_probe_run_waits_for_the_lock_before_it_empties_the_folder(stage, one_thread):
+    """A run retrained for an unnamed probe empties its seed folder only while holding that folder's lock: a
+    notebook still training it in another process is never pulled out from under (here: the wait times out)."""
+    import subprocess
+    import sys
+    import time
+
+    from disback import experiments
+    from disback.runlock import PID_FILE, RunFolderInUse
+
+    paths, teacher, path, data = stage
+    cfg = CFG.replace(iters=3, eval_every=0, seed=0)
+    folder = shared_runs(paths, teacher, data, cfg, [0], num_eval=50, progress=False)[0].run_dir
+    marker = folder / "log.jsonl"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from disback.runlock import run_lock\n"
+                               "with run_lock(sys.argv[1]):\n    time.sleep(60)", str(folder)])
+    old_wait, experiments.SHARED_RUN_WAIT = experiments.SHARED_RUN_WAIT, 0.5
+    try:
+        deadline = time.time() + 30
+        while not (folder / PID_FILE).is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(RunFolderInUse):
+            shared_runs(paths, teacher, data, cfg, [0], num_eval=50, progress=False, probe_fn=lambda **_: {})
+        assert marker.is_file()
+    finally:
+        experiments.SHARED_RUN_WAIT = old_wait
+        holder.kill()
+        holder.wait()

@@ -38,6 +38,16 @@ def test_throughput_cli_writes_one_record_per_arm(tmp_path):
     assert arms["disback"]["nfe_per_update"] == arms["diff_instruct"]["nfe_per_update"] == 2 * 5
 
 
+def test_sampling_throughput_times_one_step_against_the_teachers_sampler(tmp_path):
+    """``--sampling-batch``: one-step samples/s against the teacher's EDM sampler (Heun 40 steps, NFE 79), same net."""
+    rec = run_throughput(["ffhq64"], [], ["fp32"], {"ffhq64": 2}, 1, size="tiny", resolution=8, device="cpu",
+                         sampling_batch=2, out=tmp_path / "t.json", log=lambda *_: None)
+    (row,) = rec["sampling"]
+    assert row["status"] == "ok" and row["teacher_nfe"] == row["nfe_ratio"] == 79 and row["sampler"] == "heun"
+    assert row["onestep_samples_per_s"] > row["teacher_samples_per_s"] > 0
+    assert json.loads((tmp_path / "t.json").read_text())["sampling"][0]["batch"] == 2
+
+
 def test_throughput_refuses_bad_choices_with_one_line(capsys, tmp_path):
     rc = main(["throughput", "--setting", "cifar10", "--random-weights", "--out", str(tmp_path / "x.json")])
     assert rc == 2 and "setting='cifar10': must be one of" in capsys.readouterr().err
