@@ -181,10 +181,15 @@ class TrainingState:
 
 
 class RunLog:
-    """Per-iteration JSONL log of a run; on resume, records after the resumed step are dropped."""
+    """Per-iteration JSONL log of a run; on resume, records after the resumed step are dropped.
 
-    def __init__(self, path, resume_step: int = 0):
-        self.path = Path(path)
+    With ``write=False`` (the other processes of a parallel run) records are kept in memory only, from this run on.
+    """
+
+    def __init__(self, path, resume_step: int = 0, write: bool = True):
+        self.path, self.records, self.writes = Path(path), [], write
+        if not write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_jsonl(self.path, torn_tail=True) if r["step"] <= resume_step] if resume_step else []
         with open(self.path, "w") as f:
@@ -193,6 +198,8 @@ class RunLog:
 
     def write(self, record: dict) -> None:
         self.records.append(record)
+        if not self.writes:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

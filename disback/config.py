@@ -110,6 +110,7 @@ class DegradeConfig(_Config):
     p_mean: float = -1.2     # ln(sigma) distribution of the score-matching loss
     p_std: float = 1.2
     ckpt_every: int = 0      # steps between resumable checkpoints (0 = none)
+    bf16: bool = False       # forward passes and losses under bfloat16 autocast; weights and optimizer stay float32
     seed: int = 0            # generator noise and loss noise
 
     def _check(self):
@@ -143,6 +144,7 @@ class DistillConfig(_Config):
     eval_every: int = 100    # generator updates between metric evaluations (0 = start and end only)
     snapshot_every: int = 0  # keep the generator's weights every this many updates in snapshots/ (0 = none)
     ckpt_every: int = 0      # generator updates between resumable checkpoints (0 = none)
+    bf16: bool = False       # forward passes and losses under bfloat16 autocast; weights and optimizer stay float32
     seed: int = 0            # generator noise, labels and loss noise
 
     def _check(self):

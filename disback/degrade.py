@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import parallel
 from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, write_json
 from .config import DegradeConfig
 from .generator import frozen_copy, make_generator, trainable_copy
@@ -23,11 +24,14 @@ def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool =
     """Record the degradation path of ``teacher`` toward its one-step generator G0 into ``run_dir/path``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
-    torch.manual_seed(config.seed)
+    main = parallel.is_main()  # Parallel runs: see disback.parallel; only the main process writes files.
+    if main:
+        write_json(run_dir / "config.json", config.to_dict())
+    device = parallel.device(teacher)
+    torch.manual_seed(parallel.rank_seed(config.seed))
     rng = torch.Generator().manual_seed(config.seed)
-    generator0 = frozen_copy(make_generator(teacher, config.sigma_init))  # G0: frozen throughout stage 1
-    degraded = trainable_copy(teacher).train().requires_grad_(True)      # s'_theta, starts as the teacher
+    generator0 = frozen_copy(make_generator(teacher, config.sigma_init)).to(device)  # G0: frozen throughout stage 1
+    degraded = trainable_copy(teacher).to(device).train().requires_grad_(True)      # s'_theta, starts as the teacher
     opt = adam(degraded.parameters(), config.lr)
     teacher_fp = fingerprint(teacher)
     state = TrainingState(run_dir, f"{config.hash()}-{teacher_fp[:16]}")
@@ -36,19 +40,22 @@ def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool =
         if any((run_dir / "path").glob("*")):
             raise ArtifactError(f"{run_dir / 'path'} already holds a path but {run_dir} has no training state; "
                                 f"record into an empty folder")
-        state.save(0, {"degraded": degraded}, {"degraded": opt}, rng)
+        parallel.barrier()  # every rank has looked at the folder before the main process writes to it
+        if main:
+            state.save(0, {"degraded": degraded}, {"degraded": opt}, rng)
         meta = {"step": 0}
     start = meta["step"] if meta else 0
     saves = node_steps(config.iters, config.num_nodes, config.spacing)
-    writer = PathWriter(run_dir / "path", config.to_dict(), teacher_fp, resume_step=start if meta else None)
-    log = RunLog(run_dir / "log.jsonl", start)
+    writer = PathWriter(run_dir / "path", config.to_dict(), teacher_fp, resume_step=start if meta else None,
+                        write=main)
+    log = RunLog(run_dir / "log.jsonl", start, write=main)
     if not writer.manifest["nodes"]:
         writer.add(degraded, 0)  # node 0 is the teacher itself
-    bar = progress_bar(range(start, config.iters), desc="degradation", disable=not progress, initial=start,
-               total=config.iters)
+    bar = progress_bar(range(start, config.iters), desc="degradation", disable=not progress or not main,
+                       initial=start, total=config.iters)
     for step in bar:
         loss = fake_score_step(degraded, opt, generator0, config.batch, config.p_mean, config.p_std, rng,
-                               step + 1, run_dir)
+                               step + 1, run_dir, config.bf16)
         record = {"step": step + 1, "loss_fake": loss}
         if step + 1 in saves:  # Save node.
             writer.add(degraded, step + 1)
@@ -56,7 +63,10 @@ def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool =
         log.write(record)
         bar.set_postfix(loss=f"{loss:.4f}", nodes=len(writer.manifest["nodes"]), refresh=False)
         if config.ckpt_every and ((step + 1) % config.ckpt_every == 0 or step + 1 == config.iters):
-            state.save(step + 1, {"degraded": degraded}, {"degraded": opt}, rng)
+            parallel.check_in_sync({"degraded": degraded})
+            if main:
+                state.save(step + 1, {"degraded": degraded}, {"degraded": opt}, rng)
+    parallel.barrier()  # the main process has written the whole path
     if not (run_dir / "path" / MANIFEST).is_file():
         raise RuntimeError(f"{run_dir / 'path'}: no manifest written")
     return DegradationPath.load(run_dir / "path")

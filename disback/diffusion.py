@@ -82,9 +82,14 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
 
 
-def denoising_loss(denoiser, x0: torch.Tensor, sigma: torch.Tensor, labels=None, generator=None) -> torch.Tensor:
-    """EDM denoising score matching, per sample: lambda(sigma) * ||D(x0 + sigma n) - x0||^2 / dim."""
-    n = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)  # drawn on the generator's device
+def denoising_loss(denoiser, x0: torch.Tensor, sigma: torch.Tensor, labels=None, generator=None,
+                   noise=None) -> torch.Tensor:
+    """EDM denoising score matching, per sample: lambda(sigma) * ||D(x0 + sigma n) - x0||^2 / dim.
+
+    ``n`` is ``noise`` when given (drawn by the caller), else drawn here from ``generator``."""
+    n = noise if noise is not None else torch.randn(
+        x0.shape, generator=generator, dtype=x0.dtype,
+        device=None if generator is None else generator.device).to(x0.device)  # on the generator's device
     s = expand_sigma(sigma, x0)
     err = (denoiser(x0 + s * n, sigma, labels) - x0) ** 2
     return edm_loss_weight(sigma, denoiser.sigma_data) * err.flatten(1).mean(1)

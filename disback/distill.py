@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from . import parallel
 from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_module, load_tensors, save_tensors, \
     write_json
 from .config import DistillConfig
@@ -87,39 +88,46 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     schedule = make_schedule(config, path)
     if config.backtrack or config.fake_from_path:
         _check_path(teacher, path, config)
-    write_json(run_dir / "config.json", {**config.to_dict(), "schedule": {
-        "nodes": list(schedule.nodes), "switch_steps": list(schedule.switch_steps)}})
-    torch.manual_seed(config.seed)
+    if parallel.is_main():  # Parallel runs: see disback.parallel (global noise, averaged gradients, rank 0 writes).
+        write_json(run_dir / "config.json", {**config.to_dict(), "schedule": {
+            "nodes": list(schedule.nodes), "switch_steps": list(schedule.switch_steps)}})
+    device = parallel.device(teacher)
+    torch.manual_seed(parallel.rank_seed(config.seed))
     rng = torch.Generator().manual_seed(config.seed)
 
     # Networks: G from the teacher; the fake score from the teacher, or (DisBack, control) from the last node.
-    generator = make_generator(teacher, config.sigma_init).train()
-    fake = trainable_copy(teacher).train().requires_grad_(True)
+    generator = make_generator(teacher, config.sigma_init).to(device).train()
+    fake = trainable_copy(teacher).to(device).train().requires_grad_(True)
     if config.backtrack or config.fake_from_path:
         path.load_node(path.num_nodes, fake)
-    target = frozen_copy(teacher)
+    target = frozen_copy(teacher).to(device)
     ema = EMA(generator, config.ema) if config.ema > 0 else None
     opt_gen = adam(generator.parameters(), config.lr_gen)
     opt_fake = adam(fake.parameters(), config.lr_fake)
     modules = {"generator": generator, "fake": fake, **({"ema": ema.module} if ema else {})}
     optimizers = {"generator": opt_gen, "fake": opt_fake}
     pairs = regression_pairs(teacher, config.reg_pairs, config.reg_sigma_max) if config.reg_weight > 0 else None
+    if pairs is not None:
+        pairs = {k: None if v is None else v.to(device) for k, v in pairs.items()}
 
     state = TrainingState(run_dir, f"{config.hash()}-{fingerprint(teacher)[:16]}")
     meta = state.load(modules, optimizers, rng)
+    parallel.barrier()  # every rank has read the state before the main process writes anything
     start = meta["step"] if meta else 0
     if meta:
         costs = _Costs(config, meta["extra"]["nfe"], meta["extra"].get("cost", 0))
     else:  # DMD's regression pairs are paid up front: one teacher ODE solve each
         pair_cost = config.reg_pairs * heun_nfe(18) if pairs is not None else 0
         costs = _Costs(config, pair_cost, pair_cost)
-    log = RunLog(run_dir / "log.jsonl", start)
+    log = RunLog(run_dir / "log.jsonl", start, write=parallel.is_main())
     eval_gen = ema.module if ema else generator
     active = schedule.node_at(start - 1) if start else 0  # the node the target holds (0 = the teacher)
     if active:  # Resumed on an intermediate node: restore it as the target, logging no switch.
         path.load_node(active, target)
 
     def evaluate(step: int, node: int) -> dict:
+        if not parallel.is_main():  # evaluation, snapshots and metrics: main process only
+            return {}
         if config.snapshot_every and step % config.snapshot_every == 0:
             save_tensors(run_dir / SNAPSHOTS / f"gen_{step:06d}.safetensors", eval_gen.state_dict())
         out = {"metrics": metric_fn(eval_gen)} if metric_fn else {}
@@ -137,14 +145,14 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
             target.load_state_dict(teacher.state_dict())
     arm = "+disback" if config.backtrack else "+control" if config.fake_from_path else ""
     bar = progress_bar(range(start, config.iters), desc=f"{config.method}{arm} seed {config.seed}",
-                       disable=not progress, initial=start, total=config.iters)
+                       disable=not progress or not parallel.is_main(), initial=start, total=config.iters)
     for step in bar:
         done = step + 1
         switched = _switch_target(schedule.node_at(step), active, target, teacher, path)
         active = schedule.node_at(step)
         for _ in range(config.fake_steps):  # Update fake score (on detached generator samples).
             loss_fake = fake_score_step(fake, opt_fake, generator, config.batch, config.p_mean, config.p_std, rng,
-                                        done, run_dir)
+                                        done, run_dir, config.bf16)
         loss_gen = generator_step(generator, opt_gen, target, fake, config, rng, done, run_dir, pairs)
         if ema:
             ema.update(generator)
@@ -158,7 +166,10 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         log.write(record)
         bar.set_postfix(loss=f"{loss_gen:.3g}", node=active, refresh=False)
         if config.ckpt_every and (done % config.ckpt_every == 0 or done == config.iters):
-            state.save(done, modules, optimizers, rng, {"nfe": costs.nfe, "cost": costs.cost})
+            parallel.check_in_sync(modules)
+            if parallel.is_main():
+                state.save(done, modules, optimizers, rng, {"nfe": costs.nfe, "cost": costs.cost})
+    parallel.barrier()  # every rank returns once the main process has written everything
     return DistillResult(eval_gen, fake, log.records, schedule, config, run_dir)
 
 

@@ -2,8 +2,8 @@
 
 Data-free: the teacher is NVIDIA's EDM network converted once to safetensors (``python -m disback convert-teacher``,
 ``make download``), the metric is Inception FID against EDM's reference statistics (``.npz``), and no training image
-is read (every loss here is data-free). Assets come from one cache folder, ``paper_asset_dir()`` (``$DISBACK_ASSETS``,
-default ``~/.cache/disback``), laid out as ``PAPER_ASSETS`` says.
+is read (every loss here is data-free). Assets come from the cache folder ``make download`` fills
+(``paper_asset_dir()``: ``$DISBACK_ASSETS``, default ``~/.cache/disback``), laid out as ``PAPER_ASSETS`` says.
 
 Option ``tiny=True`` (the notebooks' smoke scale): a tiny random network of the teacher's architecture at
 ``resolution`` pixels, a small random feature net in place of Inception and random images as the reference. Every
@@ -11,7 +11,6 @@ code path runs in seconds with no asset; the numbers mean nothing.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -38,8 +37,11 @@ OPTIONS = ("tiny", "resolution", "assets")
 
 
 def paper_asset_dir() -> Path:
-    """The cache folder of the paper's assets: ``$DISBACK_ASSETS``, else ``~/.cache/disback``."""
-    return Path(os.environ.get(ASSETS_ENV) or Path.home() / ".cache" / "disback")
+    """The cache folder of the paper's assets, as ``make download`` fills it (``download.asset_dir``: $DISBACK_ASSETS,
+    else $XDG_CACHE_HOME/disback, else ~/.cache/disback); ``PAPER_ASSETS`` is the same layout as its manifest."""
+    from .download import asset_dir
+
+    return asset_dir()
 
 
 def asset_paths(setting: str, root=None) -> dict:
@@ -51,13 +53,13 @@ def asset_paths(setting: str, root=None) -> dict:
 
 
 def missing_assets(setting: str, root=None) -> list[str]:
-    """The assets a paper run of ``setting`` needs that are not in the cache folder (empty when all are there)."""
+    """The assets a paper run of ``setting`` needs that are not in the cache folder, as paths relative to it."""
     from .edm_pickle import CONVERTED_JSON
 
-    p = asset_paths(setting, root)
-    need = {"converted teacher": p["teacher"] / CONVERTED_JSON, "FID reference": p["fid_ref"],
-            "Inception weights": p["inception"]}
-    return [f"{what} {path}" for what, path in need.items() if not path.is_file()]
+    root = Path(root) if root is not None else paper_asset_dir()
+    need = {"converted teacher": Path(PAPER_ASSETS[setting]["teacher"]) / CONVERTED_JSON,
+            "FID reference": PAPER_ASSETS[setting]["fid_ref"], "Inception weights": INCEPTION_WEIGHTS}
+    return [f"{what} {rel}" for what, rel in need.items() if not (root / rel).is_file()]
 
 
 class RandomFeatures(nn.Module):
@@ -90,18 +92,24 @@ def _fid_setting(name: str, extractor_fn, reference: dict, shape, teacher_fn, in
     """A data-free setting whose metric is the FID of samples' features (``extractor_fn()``) against ``reference``."""
     from .inception import frechet_distance, image_statistics
 
-    extractor = []  # built on first use: Inception is slow to load and not needed to build the setting
+    cache = []  # the extractor, built on first use: Inception is slow to load and not needed to build the setting
+
+    def extractor():
+        if not cache:
+            cache.append(extractor_fn())
+        return cache[0]
 
     def metric_fn(samples: torch.Tensor, _labels=None, batch: int = 250) -> dict:
-        if not extractor:
-            extractor.append(extractor_fn())
-        stats = image_statistics((to_uint8(samples[i:i + batch]) for i in range(0, len(samples), batch)), extractor[0])
+        stats = image_statistics((to_uint8(samples[i:i + batch]) for i in range(0, len(samples), batch)), extractor())
         return {"fid": frechet_distance(stats, reference)}
+
+    metric_fn.extractor, metric_fn.reference = extractor, reference  # for FID over seed sets (paper_runs.final_fid)
 
     kind, kwargs = EDM_TEACHER_SAMPLERS[name]
     info = {"description": DESCRIPTION[name], "teacher_sampler": kind, "teacher_nfe": heun_nfe(kwargs["num_steps"]),
             **info}
-    return Setting(name, None, None, reference, None, metric_fn, "fid", info=info, shape=tuple(shape),
+    stats = {k: torch.from_numpy(v) for k, v in reference.items()}  # tensors: runs are keyed by their digest
+    return Setting(name, None, None, stats, None, metric_fn, "fid", info=info, shape=tuple(shape),
                    classes=LABEL_DIM[name], teacher_fn=teacher_fn)
 
 

@@ -12,9 +12,10 @@ import torch
 from .diffusion import denoising_loss, expand_sigma
 
 
-def fake_score_loss(fake_score, x0: torch.Tensor, sigma: torch.Tensor, labels=None, generator=None) -> torch.Tensor:
+def fake_score_loss(fake_score, x0: torch.Tensor, sigma: torch.Tensor, labels=None, generator=None,
+                    noise=None) -> torch.Tensor:
     """Denoising score matching of the fake score on detached generator samples (DisBack Eq. for s_phi)."""
-    return denoising_loss(fake_score, x0.detach(), sigma, labels, generator).mean()
+    return denoising_loss(fake_score, x0.detach(), sigma, labels, generator, noise).mean()
 
 
 def _surrogate(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,18 @@ FORMAT = "disback-path/1"
 
 
 class PathWriter:
-    """Appends nodes to a new path folder, rewriting the manifest after each node."""
+    """Appends nodes to a new path folder, rewriting the manifest after each node.
 
-    def __init__(self, root, config: dict, teacher_fingerprint: str, resume_step: int | None = None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+    With ``write=False`` (the other processes of a parallel run) it only counts nodes and touches no file.
+    """
+
+    def __init__(self, root, config: dict, teacher_fingerprint: str, resume_step: int | None = None,
+                 write: bool = True):
+        self.root, self.writes = Path(root), write
         self.manifest = {"format": FORMAT, "config": config, "teacher_fingerprint": teacher_fingerprint, "nodes": []}
+        if not write:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:  # Keep the nodes saved up to the resumed step; later ones are recorded again.
             old = json.loads((self.root / MANIFEST).read_text())["nodes"] if (self.root / MANIFEST).is_file() else []
             self.manifest["nodes"] = [n for n in old if n["step"] <= resume_step]
@@ -39,9 +45,10 @@ class PathWriter:
     def add(self, module: torch.nn.Module, step: int) -> None:
         index = len(self.manifest["nodes"])
         name = f"node_{index:03d}.safetensors"
-        sha = save_tensors(self.root / name, module.state_dict())
+        sha = save_tensors(self.root / name, module.state_dict()) if self.writes else None
         self.manifest["nodes"].append({"index": index, "step": int(step), "file": name, "sha256": sha})
-        write_json(self.root / MANIFEST, self.manifest)
+        if self.writes:
+            write_json(self.root / MANIFEST, self.manifest)
 
 
 @dataclass(frozen=True)

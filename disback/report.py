@@ -25,10 +25,14 @@ NOTEBOOKS = {
     "04_baselines": "Baselines with and without backtracking (paper Sec. 5.1-5.2)",
     "05_ablation_nodes": "The backtracking schedule as a measured axis: share x nodes, control arm (paper Sec. 5.4)",
     "06_score_mismatch": "Score mismatch during training (paper Sec. 5.3)",
+    "07_ffhq64": "FFHQ 64x64 at paper scale (paper Sec. 5.1)",
+    "08_afhqv2_64": "AFHQv2 64x64 at paper scale (paper Sec. 5.1)",
+    "09_imagenet64": "ImageNet 64x64 at paper scale (paper Sec. 5.1)",
     "10_text_to_image": "Text to image: Stable Diffusion through diffusers, FID and CLIP score",
 }
 KEY_FIGURES = ("02_node_samples", "03_convergence", "04_convergence", "04_speedup", "04_threshold_sweep",
-               "05_schedule", "06_mismatch", "06_agreement")
+               "05_schedule", "06_mismatch", "06_agreement", "07_ffhq64_convergence", "08_afhqv2_64_convergence",
+               "09_imagenet64_convergence")
 CLAIMS_FILE = Path("paper") / "claims.yaml"
 
 
@@ -198,6 +202,23 @@ def summary_lines(records: dict) -> list[str]:
     return lines or ["No results for this profile yet (run `make reproduce`)."]
 
 
+def number_status(number: dict, records: dict, root: Path) -> str:
+    """A published number's row: ours from the paper notebook's record (``ours``), its pending reason, or ``needs``."""
+    ours = number.get("ours")
+    found = records.get((ours["notebook"], ours["setting"])) if ours else None
+    if found is None:
+        return f"pending: {number['needs']}"
+    rec, f = found
+    src = f"[`{f.relative_to(root)}`]({f.relative_to(root)})"
+    if rec["status"] != "ok":
+        return f"pending: {rec.get('missing', 'not run')} ({src})"
+    final = rec["summary"]["final"].get("DisBack")
+    if not final:
+        return f"not run: no DisBack arm ({src})"
+    scale = "" if rec["summary"].get("mode") == "full" else f" (mode {rec['summary'].get('mode')}: not a paper-scale number)"
+    return f"ours: {final['fid']:.4g}, {final['protocol']} over {len(final['per_set'])} x {final['num_samples'][0]}{scale} ({src})"
+
+
 def render(results: Path, profile: str, root: Path, claims_file: Path | None = None) -> str:
     """The whole report as Markdown."""
     claims = yaml.safe_load((claims_file or root / CLAIMS_FILE).read_text())
@@ -220,7 +241,7 @@ def render(results: Path, profile: str, root: Path, claims_file: Path | None = N
               "nodes), with the control arm (DisBack's fake-score start, the teacher as target throughout). Every "
               "verdict holds for this scale only: 2-D and 8x8-digit teachers on a CPU.", "",
               "## The paper's published numbers", "", "| quantity | paper | source | status here |", "|---|---|---|---|"]
-    lines += [f"| {n['quantity']} | {n['paper']} | {n['source']} | pending: {n['needs']} |"
+    lines += [f"| {n['quantity']} | {n['paper']} | {n['source']} | {number_status(n, records, root)} |"
               for n in claims["numbers"]]
     lines += ["", "Context (numbers the baselines publish for themselves, not reproduced here):", "",
               "| method | dataset | NFE | FID | source |", "|---|---|---|---|---|"]
@@ -246,7 +267,9 @@ def render(results: Path, profile: str, root: Path, claims_file: Path | None = N
                                                   for p in rec.get("figures", [])),
                       "", f"Source: `{f.relative_to(root)}`."]
     from .bench import bench_lines
+    from .gpu_hours import gpu_hours_lines
     lines += bench_lines(results, profile, root)
+    lines += gpu_hours_lines(root, results)
     lines += ["", "## Run time per notebook (papermill metadata)", ""] + _timings(results, profile, root)
     lines += ["", "## Reliability: what the tests check", "",
               "Every item is a test in `make test`; the list is read from the test files.", ""]

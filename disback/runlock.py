@@ -54,13 +54,16 @@ def run_lock(run_dir, wait: float = 0.0):
 
 
 def locks_run_dir(fn):
-    """Decorate a stage whose ``run_dir`` argument names its folder: the call holds that folder's lock."""
+    """Decorate a stage whose ``run_dir`` argument names its folder: the call holds that folder's lock (in a parallel
+    run, the main process holds it for all: the others write nothing there)."""
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .parallel import is_main  # here, so that run_lock works in a file loaded on its own
+
         run_dir = signature.bind(*args, **kwargs).arguments.get("run_dir")
-        if run_dir is None:
+        if run_dir is None or not is_main():
             return fn(*args, **kwargs)
         with run_lock(run_dir):
             return fn(*args, **kwargs)

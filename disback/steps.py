@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from . import parallel
 from .checkpoint import check_finite
 from .diffusion import edm_sampler, sample_generator_sigma, sample_sigma
 from .generator import seeded_labels, seeded_noise
@@ -50,48 +51,65 @@ def _device(module) -> torch.device:
 
 
 def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
-                    rng: torch.Generator, step: int, state_dir=None) -> float:
-    """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss."""
+                    rng: torch.Generator, step: int, state_dir=None, bf16: bool = False) -> float:
+    """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss.
+
+    ``batch`` is global: every process draws the whole batch's noise and keeps its rows (``disback.parallel``)."""
     z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
-    with torch.no_grad():
+    z, labels = parallel.shard(z, labels)
+    with parallel.autocast(bf16, z.device.type), torch.no_grad():
         x0 = generator(z, labels)
     sigma = sample_sigma(batch, p_mean, p_std, rng, device=rng.device).to(x0.device)
-    loss = fake_score_loss(fake_score, x0, sigma, labels, rng)
-    check_finite(loss, step, "fake-score loss", state_dir)
+    n = torch.randn((batch, *x0.shape[1:]), generator=rng, dtype=x0.dtype, device=rng.device).to(x0.device)
+    sigma, n = parallel.shard(sigma, n)
+    with parallel.autocast(bf16, z.device.type):
+        loss = fake_score_loss(fake_score, x0, sigma, labels, noise=n)
+    loss_all = parallel.mean(loss.detach())  # the global batch's loss, the same on every process
+    check_finite(loss_all, step, "fake-score loss", state_dir)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    parallel.sync_grads(fake_score)
     optimizer.step()
-    return loss.item()
+    return loss_all.item()
 
 
 def generator_step(generator, optimizer, target, fake_score, config, rng: torch.Generator, step: int,
                    state_dir=None, pairs=None) -> float:
     """One score-distillation update of ``generator`` toward ``target`` (Diff-Instruct / DMD / SiD), plus DMD's
-    regression on ``pairs`` when ``config.reg_weight > 0``; returns the loss."""
+    regression on ``pairs`` when ``config.reg_weight > 0``; returns the loss. ``config.batch`` is global."""
     z, labels = draw_latents(config.batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
-    x0 = generator(z, labels)
+    z, labels = parallel.shard(z, labels)
+    with parallel.autocast(config.bf16, z.device.type):
+        x0 = generator(z, labels)
     sigma = sample_generator_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std,
                                    rng).to(x0.device)
-    n = torch.randn(x0.shape, generator=rng, device=rng.device).to(x0.device)
-    fake_score.requires_grad_(False)
-    loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
-    fake_score.requires_grad_(True)
-    if config.reg_weight > 0:  # DMD's regression toward the teacher's ODE output for the same noise.
-        idx = torch.randint(len(pairs["z"]), (config.batch,), generator=rng)
-        labels_p = None if pairs["labels"] is None else pairs["labels"][idx]
-        err = (generator(pairs["z"][idx], labels_p) - pairs["x"][idx]) ** 2
-        loss = loss + config.reg_weight * err.flatten(1).mean(1).mean()
-    check_finite(loss, step, "generator loss", state_dir)
+    n = torch.randn((config.batch, *x0.shape[1:]), generator=rng, device=rng.device).to(x0.device)
+    idx = torch.randint(len(pairs["z"]), (config.batch,), generator=rng, device=rng.device).to(pairs["z"].device) \
+        if config.reg_weight > 0 else None
+    sigma, n, idx = parallel.shard(sigma, n, idx)
+    with parallel.autocast(config.bf16, z.device.type):
+        fake_score.requires_grad_(False)
+        loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
+        fake_score.requires_grad_(True)
+        if config.reg_weight > 0:  # DMD's regression toward the teacher's ODE output for the same noise.
+            labels_p = None if pairs["labels"] is None else pairs["labels"][idx]
+            err = (generator(pairs["z"][idx], labels_p) - pairs["x"][idx]) ** 2
+            loss = loss + config.reg_weight * err.flatten(1).mean(1).mean()
+    loss_all = parallel.mean(loss.detach())  # the global batch's loss, the same on every process
+    check_finite(loss_all, step, "generator loss", state_dir)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    parallel.sync_grads(generator)
     check_finite(torch.stack([p.grad.norm() for p in generator.parameters() if p.grad is not None]),
                  step, "generator gradient", state_dir)
     optimizer.step()
-    return loss.item()
+    return loss_all.item()
 
 
 def regression_pairs(teacher, num: int, sigma_max: float, steps: int = 18, seed_offset: int = 5 * 10 ** 6) -> dict:
-    """DMD's paired set: per-seed noise ``z`` and the teacher's Heun ODE output from ``sigma_max * z``."""
-    seeds = range(seed_offset, seed_offset + num)
-    z, labels = seeded_noise(seeds, teacher.data_shape), seeded_labels(seeds, teacher.label_dim)
+    """DMD's paired set: per-seed noise ``z`` and the teacher's Heun ODE output from ``sigma_max * z``, on the
+    teacher's device."""
+    seeds, device = range(seed_offset, seed_offset + num), _device(teacher)
+    z, labels = seeded_noise(seeds, teacher.data_shape, device), seeded_labels(seeds, teacher.label_dim)
+    labels = None if labels is None else labels.to(device)
     return {"z": z, "labels": labels, "x": edm_sampler(teacher, z, labels, num_steps=steps, sigma_max=sigma_max)}

@@ -176,7 +176,7 @@ def measure_sampling(teacher, setting: str, batch: int, precision: str, device: 
         one = lambda: onestep(noise, labels)  # noqa: E731
         _reset_peak(device)
         t_one = _timed(one, repeats, 1, 60.0, device)["s_per_update"]
-        teacher_kwargs = {"generators": [torch.Generator(device).manual_seed(i) for i in range(batch)]} \
+        teacher_kwargs = {"generators": [torch.Generator().manual_seed(i) for i in range(batch)]} \
             if kind == "stochastic" else {}
         many = lambda: sample_teacher(teacher, noise, setting, labels, **teacher_kwargs)  # noqa: E731
         t_many = _timed(many, 1, 0, 600.0, device)["s_per_update"]

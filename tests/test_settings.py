@@ -64,7 +64,8 @@ def test_paper_setting_without_assets_says_what_is_missing(tmp_path, monkeypatch
     with pytest.raises(ArtifactError) as e:
         load_setting("imagenet64")
     msg = str(e.value)
-    assert "make download" in msg and "imagenet-64x64.npz" in msg and "edm_teacher.json" in msg
+    assert "make download" in msg and "fid-refs/imagenet-64x64.npz" in msg and "edm_teacher.json" in msg
+    assert str(tmp_path) in msg
     with pytest.raises(ValueError, match="unknown option"):
         load_setting("ffhq64", tiny=True, colour=True)
 
@@ -93,3 +94,16 @@ def test_load_teacher_reads_a_converted_edm_teacher(tmp_path):
     loaded = load_teacher(tmp_path)
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(loaded(x, torch.ones(2)), net(x, torch.ones(2)))
+
+
+def test_paper_settings_read_the_layout_make_download_writes(tmp_path, monkeypatch):
+    """Every path a paper setting reads is where disback.download puts it (one cache folder, one layout)."""
+    from disback import download
+    from disback.edm_settings import PAPER_ASSETS, asset_paths
+
+    monkeypatch.setenv("DISBACK_ASSETS", str(tmp_path))
+    for name in PAPER_ASSETS:
+        p = asset_paths(name)
+        assert p["teacher"] == download.teacher_dir(name) and p["fid_ref"] == download.fid_reference(name)
+        assert p["inception"] == download.inception_weights()
+        assert p["pickle"] in {download.asset_path(n) for n in download.load_manifest()}

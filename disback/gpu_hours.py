@@ -1,0 +1,74 @@
+"""GPU hours each paper notebook (07-09) needs at its pinned ``params/paper/`` values, for REPORT.md.
+
+Work is counted in forward-equivalent network passes per sample (a backward pass = two forwards, ``steps.py``):
+stage 1, every stage-2 arm, the teacher's FID samples and the FID samples during and after training (Inception's
+own cost is left out). A pass costs what ``python -m disback throughput`` measured on this setting's network
+(``results/paper/throughput*.json``, full size: seconds per update / passes per update, at the batch it ran), or else
+the network's counted FLOPs at an assumed sustained rate, ``ASSUMED_FLOPS``. Each line says which.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from .config import DegradeConfig, DistillConfig
+from .diffusion import EDM_TEACHER_SAMPLERS, heun_nfe
+from .steps import COST_FAKE_STEP, cost_gen_step
+
+ASSUMED_FLOPS = 100e12  # FLOP/s sustained when nothing was measured: an assumption (about 10% of an H100's dense bf16 peak)
+SETTINGS = {"07_ffhq64": "ffhq64", "08_afhqv2_64": "afhqv2_64", "09_imagenet64": "imagenet64"}
+
+
+def passes(params: dict, setting: str) -> dict:
+    """Forward-equivalent passes (all samples) of each part of one paper notebook."""
+    deg = DegradeConfig.from_dict(params["degrade_config"])
+    dist = DistillConfig.from_dict(params["distill_config"])
+    arms = {m: dist.replace(method=m) for m in params["methods"]}
+    arms["DisBack"] = dist.replace(method="diff_instruct", backtrack=True)
+    evals_per_arm = (dist.iters // dist.eval_every + 2 if dist.eval_every else 2) * params["num_eval"]
+    steps = params.get("teacher_steps") or EDM_TEACHER_SAMPLERS[setting][1]["num_steps"]
+    seeds = len(params["seeds"])
+    out = {"stage 1": deg.iters * deg.batch * COST_FAKE_STEP,
+           "teacher FID": params["teacher_samples"] * heun_nfe(steps)}
+    for arm, c in arms.items():
+        per_update = c.batch * (c.fake_steps * COST_FAKE_STEP + cost_gen_step(c.method))
+        out[f"stage 2, {arm}"] = seeds * (c.iters * per_update + evals_per_arm)
+    out["final FID"] = len(arms) * params["final_seed_sets"] * params["final_samples"]
+    return out
+
+
+def seconds_per_pass(setting: str, results: Path) -> tuple[float, str]:
+    """Seconds per forward-equivalent pass of one sample, measured (fp32 baseline arm) or from FLOPs; and its source."""
+    for f in sorted((results / "paper").glob("throughput*.json")):
+        rec = json.loads(f.read_text())
+        arms = [a for a in rec["arms"] if a.get("status") == "ok" and a.get("setting") == setting]
+        arm = next((a for a in arms if a["precision"] == "fp32"), arms[0] if arms else None)
+        if arm is not None and rec.get("size", "full") == "full":
+            t = arm["stage2"]["s_per_update"] / arm["forward_equivalents_per_update"]
+            return t, (f"measured: {arm['method']} {arm['precision']} at batch {arm['batch']} on {rec['device']} "
+                       f"(`{f.relative_to(results.parent)}`)")
+    from .networks.presets import forward_flops
+
+    flops = forward_flops(setting)
+    return flops / ASSUMED_FLOPS, (f"estimated: {flops / 1e9:.0f} GFLOP per forward pass (counted) at an assumed "
+                                   f"{ASSUMED_FLOPS / 1e12:.0f} TFLOP/s; no throughput measured")
+
+
+def gpu_hours_lines(root: Path, results: Path) -> list[str]:
+    """REPORT.md section: GPU hours per paper notebook, with the parts and the source of the per-pass time."""
+    lines = ["", "## GPU hours the paper notebooks need (estimate)", "",
+             "At the pinned `params/paper/` values, on one GPU, at the batch the params give (a single GPU may need "
+             "to split it); forward-equivalent passes (backward = 2 forwards) times the time of one pass; Inception "
+             "not counted.", "", "| notebook | GPU hours | largest parts | time per pass |", "|---|---|---|---|"]
+    for nb, setting in SETTINGS.items():
+        f = root / "params" / "paper" / f"{nb}__{setting}.yaml"
+        if not f.is_file():
+            continue
+        parts = passes(yaml.safe_load(f.read_text()), setting)
+        t, source = seconds_per_pass(setting, results)
+        hours = {k: v * t / 3600 for k, v in parts.items()}
+        top = ", ".join(f"{k} {h:.0f} h" for k, h in sorted(hours.items(), key=lambda kv: -kv[1])[:3])
+        lines.append(f"| `{nb}` | {sum(hours.values()):.0f} | {top} | {source} |")
+    return lines

@@ -1,0 +1,193 @@
+"""Notebooks 07-09 (FFHQ-64, AFHQv2-64, ImageNet-64): one pipeline for the paper's three EDM settings.
+
+Each step is a call to the stages the cpu notebooks use (``shared_path`` for stage 1, ``shared_runs`` for the
+baselines and DisBack, ``Setting.evaluate`` for FID during training), plus what only paper scale needs: the
+teacher's FID with EDM's own sampler and NFE, the final FID over seed sets with a named protocol, and a table beside
+the published numbers (``paper/claims.yaml``, ``paper_scale``). Three modes:
+
+- ``tiny`` (smoke scale, the notebooks' defaults): tiny random EDM-architecture networks, random features, no asset;
+- ``status`` (cpu profile): nothing is trained; a record with status "pending" says what a paper run needs;
+- ``full`` (paper profile): the converted EDM teacher, Inception, EDM's reference; refuses to start, with one line,
+  when an asset or the GPU is missing.
+
+When a run is pending every step returns at once, so a notebook's cells stay plain calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .analysis import iters_per_node_for_share, metric_curve
+from .config import DegradeConfig, DistillConfig
+from .diffusion import EDM_TEACHER_SAMPLERS, edm_sampler, edm_stochastic_sampler, heun_nfe
+from .edm_settings import ASSETS_ENV, missing_assets, paper_asset_dir
+from .experiments import Paths, shared_path, shared_runs
+from .generator import generate, seeded_labels, seeded_noise
+from .results import save_metrics, save_table
+from .settings import load_setting
+
+NOTEBOOKS = {"ffhq64": "07_ffhq64", "afhqv2_64": "08_afhqv2_64", "imagenet64": "09_imagenet64"}
+MODES = ("tiny", "status", "full")
+CLAIMS = Path(__file__).resolve().parents[1] / "paper" / "claims.yaml"
+GPU_LOOPS = False  # whether train_arms / degradation run the loops on a GPU: not yet (they run where the tensors are)
+
+
+class PaperRunRefused(RuntimeError):
+    """A paper-profile run cannot start here (an asset or the GPU is missing)."""
+
+
+@dataclass
+class PaperRun:
+    name: str                 # the setting: ffhq64, afhqv2_64 or imagenet64
+    notebook: str             # 07_ffhq64, ...
+    profile: str
+    mode: str                 # one of MODES
+    paths: Paths
+    pending: str | None       # why nothing runs here (mode "status"), else None
+    setting: object = None    # the loaded Setting (None when pending)
+    teacher: object = None
+
+
+def paper_needs(name: str, assets=None) -> list[str]:
+    """What a full run of setting ``name`` needs that this machine lacks (empty: ready)."""
+    missing = missing_assets(name, assets)
+    needs = [f"the assets of `make download` in the cache folder (${ASSETS_ENV}, default ~/.cache/disback; missing: "
+             f"{', '.join(missing)})"] if missing else []
+    if not torch.cuda.is_available():
+        needs.append("a CUDA GPU")
+    if not GPU_LOOPS:
+        needs.append("stage 1 and 2 on the GPU (the loops take no device yet: the multi-GPU item of issue 14)")
+    return needs
+
+
+def start(name: str, profile: str, mode: str, results_root, runs_root, resolution: int = 16, seed: int = 0,
+          num_reference: int = 64) -> PaperRun:
+    """The first cell: load the setting and its teacher; in mode "status" write the pending record instead; in mode
+    "full" raise ``PaperRunRefused`` (one line) when something is missing."""
+    if name not in NOTEBOOKS:
+        raise ValueError(f"setting={name!r}: must be one of {tuple(NOTEBOOKS)}")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: must be one of {MODES}")
+    paths = Paths.make(runs_root, results_root, profile, name)
+    run = PaperRun(name, NOTEBOOKS[name], profile, mode, paths, None)
+    if mode in ("status", "full"):
+        needs = paper_needs(name)
+        if mode == "full" and needs:
+            raise PaperRunRefused(f"{run.notebook} at profile {profile!r} needs " + "; ".join(needs)
+                                  + f" (cache folder here: {paper_asset_dir()})")
+        if mode == "status":
+            run.pending = (f"paper scale only: `make download`, then `make reproduce PROFILE=paper SETTING={name}` on a "
+                           f"GPU; " + ("this machine lacks " + "; ".join(needs) if needs else "this machine has all"))
+            save_metrics(paths.metrics(run.notebook), {
+                "notebook": run.notebook, "setting": name, "profile": profile, "status": "pending", "primary": "fid",
+                "missing": run.pending, "needs": needs, "summary": {}, "figures": [], "tables": []})
+            print(f"pending: {run.pending}")
+            return run
+    run.setting = load_setting(name, seed=seed, num_reference=num_reference,
+                               **({"tiny": True, "resolution": resolution} if mode == "tiny" else {}))
+    run.teacher = run.setting.teacher_fn()
+    return run
+
+
+def teacher_fid(run: PaperRun, num_samples: int, num_steps: int = 0, seed_offset: int = 10 ** 6) -> dict | None:
+    """FID of the teacher sampled as EDM reports it (Heun 40 steps, NFE 79; ImageNet: stochastic 256, NFE 511), or
+    with ``num_steps`` steps of the same sampler when it is not 0 (smoke scale)."""
+    if run.pending:
+        return None
+    s = run.setting
+    seeds = range(seed_offset, seed_offset + num_samples)
+    kind, kwargs = EDM_TEACHER_SAMPLERS[run.name]
+    kwargs = {**kwargs, **({"num_steps": num_steps} if num_steps else {})}
+    noise, labels = seeded_noise(seeds, s.data_shape), seeded_labels(seeds, s.label_dim)
+    if kind == "heun":
+        x = edm_sampler(run.teacher, noise, labels, **kwargs)
+    else:  # per-seed churn noise, so sample i does not depend on the batch
+        x = edm_stochastic_sampler(run.teacher, noise, labels, generators=[torch.Generator().manual_seed(k + 17)
+                                                                           for k in seeds], **kwargs)
+    return {**s.metric_fn(x, None), "nfe": heun_nfe(kwargs["num_steps"]), "sampler": kind,
+            "num_samples": num_samples, "edm_nfe": not num_steps}
+
+
+def degradation(run: PaperRun, degrade_config: dict):
+    """Stage 1 (shared with the other notebooks of this profile and setting)."""
+    return None if run.pending else shared_path(run.paths, run.teacher, DegradeConfig.from_dict(degrade_config))
+
+
+def train_arms(run: PaperRun, path, distill_config: dict, methods, share: float, seeds, num_eval: int,
+               gan_weight: float = 0.0) -> dict:
+    """The baselines (``methods``, teacher as constant target) and DisBack (Diff-Instruct loss along ``path`` with
+    ``share`` of the updates on intermediate nodes); FID of ``num_eval`` samples every ``eval_every`` updates."""
+    if gan_weight:
+        raise NotImplementedError(f"gan_weight={gan_weight!r}: the DMD2-style GAN term is not implemented yet; use 0")
+    if run.pending:
+        return {}
+    base = DistillConfig.from_dict({**distill_config, "sigma_init": float(path.config["sigma_init"])})
+    ipn = iters_per_node_for_share(share, path.num_nodes, base.iters)
+    configs = {m: base.replace(method=m) for m in methods}
+    configs["DisBack"] = base.replace(method="diff_instruct", backtrack=True, iters_per_node=ipn)
+    return {arm: shared_runs(run.paths, run.teacher, run.setting, cfg, seeds, num_eval, path)
+            for arm, cfg in configs.items()}
+
+
+def final_fid(run: PaperRun, arms: dict, seed_sets: int, num_samples: int, protocol: str = "edm-min",
+              batch: int = 250) -> dict:
+    """One-step FID of each arm's final generator (first seed) over ``seed_sets`` disjoint sets of seeds."""
+    if run.pending:
+        return {}
+    from .inception import fid_over_seed_sets
+
+    s, out = run.setting, {}
+    sets = [range(k * num_samples, (k + 1) * num_samples) for k in range(seed_sets)]
+    for arm, results in arms.items():
+        gen = results[0].generator
+        out[arm] = fid_over_seed_sets(lambda seeds: generate(gen, seeds, s.data_shape, s.label_dim)[0],
+                                      s.metric_fn.reference, s.metric_fn.extractor(), sets, protocol, batch)
+    return out
+
+
+def convergence_figure(run: PaperRun, arms: dict, teacher: dict | None) -> list:
+    """FID against generator updates per arm (mean and band over seeds), the teacher's FID as a line."""
+    if run.pending:
+        return []
+    import matplotlib.pyplot as plt
+
+    from .plots import log_axis, plot_band, save_figure, setup_style
+
+    setup_style()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, results in arms.items():
+        plot_band(ax, *metric_curve([r.log for r in results], "fid"), arm)
+    ax.axhline(teacher["fid"], ls="--", color="0.3", label=f"teacher (NFE {teacher['nfe']})")
+    ax.set(xlabel="generator update", ylabel="FID", title=f"{run.name}: one-step generator FID ({run.mode})")
+    log_axis(ax)
+    ax.legend(fontsize=8)
+    return save_figure(fig, run.paths.figure(f"{run.notebook}_convergence"))
+
+
+def comparison_table(run: PaperRun, final: dict, teacher: dict | None) -> list:
+    """Ours (teacher, each arm) beside the published numbers of ``paper/claims.yaml`` for this setting."""
+    if run.pending:
+        return []
+    import yaml
+
+    rows = [{"method": f"EDM teacher ({teacher['sampler']})", "nfe": teacher["nfe"], "fid": teacher["fid"],
+             "source": f"ours, {teacher['num_samples']} samples"}]
+    rows += [{"method": arm, "nfe": 1, "fid": f["fid"],
+              "source": f"ours, {f['protocol']} over {len(f['per_set'])} x {f['num_samples'][0]} samples"}
+             for arm, f in final.items()]
+    published = yaml.safe_load(CLAIMS.read_text()).get("paper_scale", {}).get(run.name, [])
+    rows += [{"method": p["method"], "nfe": p["nfe"], "fid": p["fid"], "source": f"published: {p['source']}"}
+             for p in published]
+    return save_table(rows, run.paths.table(f"{run.notebook}_fid"))
+
+
+def save(run: PaperRun, summary: dict, figures=(), tables=()):
+    """The notebook's record (status "ok"); a pending run keeps the record ``start`` wrote."""
+    if run.pending:
+        return run.paths.metrics(run.notebook)
+    from .experiments import save_record
+
+    summary = {"mode": run.mode, "setting_info": run.setting.info, **summary}
+    return save_record(run.paths, run.notebook, run.profile, "fid", summary, figures, tables)
