@@ -80,7 +80,8 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
 # Modules that only analyse or present finished runs, or serve the paper-scale settings alone: editing them
 # retrains nothing at the cpu scale.
 PRESENTATION_MODULES = ("plots.py", "report.py", "analysis.py", "bench.py", "progress.py", "clean_notebook.py",
-                        "runlock.py", "__main__.py", "edm.py", "edm_precond.py", "edm_pickle.py", "inception.py")
+                        "runlock.py", "__main__.py", "edm.py", "edm_precond.py", "edm_pickle.py", "inception.py",
+                        "notebook.py")
 
 
 @lru_cache(maxsize=1)
