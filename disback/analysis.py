@@ -1,4 +1,5 @@
-"""Analysis the notebooks share: metric curves, time to threshold, arm comparisons, threshold sweeps, schedules.
+"""Analysis the notebooks share: path nodes, metric curves, time to threshold, arm comparisons, threshold sweeps,
+schedules, probes.
 
 An *arm* is a list of per-seed ``DistillResult``s (the same seeds in every arm). Comparisons are paired by seed.
 Every table row built here holds numbers only (mean, std, interval bounds, n in separate columns), so the CSV
@@ -6,14 +7,41 @@ files load as numbers; the Markdown copies format them for people.
 """
 from __future__ import annotations
 
+import copy
+import itertools
+from typing import NamedTuple
+
 import numpy as np
 
-from .config import DistillConfig
+from .config import DegradeConfig, DistillConfig
+from .experiments import dsm_loss, sample_teacher
+from .metrics import score_error
 from .path import DegradationPath
 from .stats import final_values, mean_log_metric, mean_ci, paired_ratio_t, speedup, times_to_threshold
 from .steps import COST_FAKE_STEP, NFE_FAKE_STEP
 
 FINAL_FRACTION = 0.25  # "final" = per-seed mean over the last quarter of the evaluations
+
+
+def node_rows(path: DegradationPath, teacher, setting, g0: tuple, num_eval: int, num_samples: int,
+              sampler_steps: int, sigma_max: float) -> tuple[list[dict], list]:
+    """Per node of ``path``: its denoising loss on ``num_eval`` real reference samples and on G0's samples
+    (``g0``: samples, labels), its score error against the exact score (2-D), and the setting's metrics of
+    ``num_samples`` of its own Heun samples. Returns the rows and each node's samples."""
+    real = setting.reference[:num_eval]
+    real_labels = None if setting.reference_labels is None else setting.reference_labels[:num_eval]
+    node_net = copy.deepcopy(teacher)
+    rows, samples_per_node = [], []
+    for i in range(path.num_nodes + 1):
+        path.load_node(i, node_net)
+        samples, labels, _ = sample_teacher(node_net, setting, num_samples, sampler_steps, sigma_max)
+        samples_per_node.append(samples)
+        row = {"node": i, "stage1_step": path.steps[i], "loss_on_data": dsm_loss(node_net, real, real_labels),
+               "loss_on_G0": dsm_loss(node_net, *g0)}
+        if setting.exact is not None:
+            row.update({f"score_err_s{s}": e for s, e in score_error(node_net, setting.exact, real, [0.1, 1.0]).items()})
+        rows.append({**row, **{f"samples_{k}": v for k, v in setting.metric_fn(samples, labels).items()}})
+    return rows, samples_per_node
 
 
 def metric_curve(logs: list[list[dict]], metric: str):
@@ -47,10 +75,22 @@ def schedule_share(config: DistillConfig, num_nodes: int) -> float:
     return min((num_nodes - 1) * config.iters_per_node, config.iters) / config.iters
 
 
-def convergence(results: list, metric: str, threshold: float, offset: dict | None = None) -> dict:
+def uses_path(config: DistillConfig) -> bool:
+    """Whether a run needs the degradation path: DisBack's targets, or the control arm's fake-score start."""
+    return bool(config.backtrack or config.fake_from_path)
+
+
+def convergence(results: list, metric: str, threshold: float, path: DegradationPath | None = None) -> dict:
     """Curves of ``metric`` over seeds and each seed's time to ``threshold`` in updates, network evaluations
-    (``nfe``) and forward-equivalent passes (``cost``); ``offset`` (``stage1_cost``) charges the path's recording."""
-    offset = offset or {"nfe": 0, "cost": 0}
+    (``nfe``) and forward-equivalent passes (``cost``). Runs that need the path (``uses_path``) are charged its
+    recording (``stage1_cost``), so ``path`` must be the one they used; a baseline is charged nothing."""
+    charged = {uses_path(r.config) for r in results}
+    if len(charged) != 1:
+        raise ValueError("results mix runs with and without the degradation path: pass one arm at a time")
+    if charged == {True} and path is None:
+        raise ValueError("these runs use the degradation path (backtrack or fake_from_path): pass it as `path` so "
+                         "that its recording is charged to their compute")
+    offset = stage1_cost(path if charged == {True} else None)
     logs = [r.log for r in results]
     steps, values = metric_curve(logs, metric)
     by_step = {r["step"]: r for r in logs[0]}
@@ -143,6 +183,76 @@ def pick_trial(trials: list[dict], results: list, metric: str) -> int:
     for t, s in zip(trials, scores):
         t["score"] = s
     return int(np.argmin(scores))
+
+
+def grid_trials(grid: dict) -> list[dict]:
+    """Every combination of a ``{knob: [values]}`` grid, as a list of ``{knob: value}`` trials."""
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def trial_config(base: DistillConfig, arm: str, trial: dict, num_nodes: int) -> DistillConfig:
+    """The DistillConfig of one tuning trial: ``base`` with the trial's knobs; DisBack's trial backtracks over
+    ``num_nodes`` nodes with its ``share`` of the updates on the intermediate ones."""
+    knobs = {k: v for k, v in trial.items() if k not in ("share", "score")}
+    if arm == "baseline":
+        return base.replace(**knobs)
+    ipn = iters_per_node_for_share(trial["share"], num_nodes, base.iters)
+    return base.replace(backtrack=True, iters_per_node=ipn, **knobs)
+
+
+class Variant(NamedTuple):
+    """One row of the schedule ablation: a base method's baseline, control arm or DisBack schedule."""
+
+    method: str                          # generator loss
+    group: str                           # "baseline", "control", "N=<nodes>" or an extra row's name
+    label: str                           # the row's name in tables and figures
+    path_config: DegradeConfig | None    # the path it needs (None: the baseline)
+    config: DistillConfig
+
+
+def variant_config(headline: dict, method: str, kind: str, num_nodes: int = 0, share: float = 0.0) -> DistillConfig:
+    """The DistillConfig of a ``kind`` ("baseline", "control" or "disback") variant of ``method`` from notebook 03's
+    headline configurations (``headline``: its record's summary); DisBack's spends ``share`` of the updates on
+    the ``num_nodes - 1`` intermediate nodes."""
+    cfg = DistillConfig.from_dict({**headline["headline"]["baseline" if kind == "baseline" else "DisBack"],
+                                   "method": method})
+    if kind == "control":
+        return cfg.replace(backtrack=False, fake_from_path=True)
+    if kind == "disback":
+        return cfg.replace(iters_per_node=iters_per_node_for_share(share, num_nodes, cfg.iters))
+    return cfg
+
+
+def ablation_variants(headline: dict, path_config: DegradeConfig, node_counts: dict, shares,
+                      extra_paths: dict) -> list[Variant]:
+    """Notebook 05's grid: per method its baseline, its control arm and DisBack at every (number of nodes, share)
+    on ``path_config`` with that many nodes; then Diff-Instruct at the headline share on each of ``extra_paths``
+    (name -> DegradeConfig)."""
+    variants = []
+    for method, counts in node_counts.items():
+        variants += [Variant(method, "baseline", "baseline", None, variant_config(headline, method, "baseline")),
+                     Variant(method, "control", "control", path_config, variant_config(headline, method, "control"))]
+        variants += [Variant(method, f"N={n}", f"N={n}, {s:.0%}", path_config.replace(num_nodes=n),
+                             variant_config(headline, method, "disback", n, s)) for n in counts for s in shares]
+    share = headline["headline_share"]
+    variants += [Variant("diff_instruct", name, f"{name} path, {share:.0%}", dcfg,
+                         variant_config(headline, "diff_instruct", "disback", path_config.num_nodes, share))
+                 for name, dcfg in extra_paths.items()]
+    return variants
+
+
+def ablation_entry(variant: Variant, conv: dict, base: dict) -> tuple[dict, dict]:
+    """The record entry and the table row of one ablation variant, from its ``convergence`` and its method's
+    baseline's: schedule (nodes, share, path), final metric, times to threshold and speed-ups over the baseline."""
+    method, group, label, dcfg, cfg = variant
+    versus = compare(base, conv) if group != "baseline" else None
+    share = None if not cfg.backtrack else (dcfg.num_nodes - 1) * cfg.iters_per_node / cfg.iters
+    entry = {"method": method, "group": group, "variant": label, "num_nodes": dcfg.num_nodes if dcfg else 0,
+             "share": share, "path_lr": dcfg.lr if dcfg else None, "spacing": dcfg.spacing if dcfg else None,
+             **arm_summary(conv), **(versus or {})}
+    row = comparison_row({"method": method, "group": group, "variant": label, "num_nodes": entry["num_nodes"],
+                          "share": share}, entry, versus)
+    return entry, row
 
 
 def schedule_range(entries: list[dict], method: str) -> dict:

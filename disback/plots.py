@@ -80,22 +80,34 @@ def log_axis(ax, axis: str = "y") -> None:
     scale.set_minor_formatter(FuncFormatter(minor))
 
 
-def ratio_axis(ax, label: str) -> None:
-    """A log x-axis for ratios: plain tick labels at 0.2, 0.5, 1, 2, ... and a dashed line at 1."""
+def ratio_axis(ax, label: str | None = None, axis: str = "x") -> None:
+    """A log axis for ratios: plain tick labels at 0.2, 0.5, 1, 2, ... (no minor labels) and a dashed line at 1."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    getattr(ax, f"set_{axis}scale")("log")
+    scale = getattr(ax, f"{axis}axis")
+    scale.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    scale.set_major_formatter(FuncFormatter(_plain))
+    scale.set_minor_formatter(NullFormatter())
+    (ax.axvline if axis == "x" else ax.axhline)(1, color="0.3", ls="--", lw=1)
+    if label is not None:
+        scale.set_label_text(label)
+
+
+def share_axis(ax, shares, label: str = "share of updates on intermediate nodes") -> None:
+    """A log x-axis over schedule shares: one tick per share, labelled in percent, and no minor labels."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.set_xlim(min(shares) / 1.5, max(shares) * 1.5)
+    ax.xaxis.set_major_locator(FixedLocator(list(shares)))
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{s:.0%}" for s in shares]))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.axvline(1, color="0.3", ls="--", lw=1)
     ax.set_xlabel(label)
 
 
 def plot_band(ax, steps, values, label: str, color=None) -> None:
     """Mean over seeds (rows of ``values``) with a band of +- one standard deviation."""
-
-
     values = np.asarray(values)
     mean = values.mean(0)
     std = values.std(0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
@@ -142,3 +154,26 @@ def ratio_band(ax, x, rows: list[dict], label: str, color=None) -> None:
     hi = np.array([row["ci_high"] for row in rows], dtype=float)
     line, = ax.plot(x, r, "o-", label=label, color=color, lw=1.6, ms=4)
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+
+
+def schedule_panel(ax, entries: list[dict], method: str, key: str, node_counts, shares) -> None:
+    """DisBack's speed-up ``key`` (a ``compare`` key) against the share of updates on intermediate nodes, one
+    curve per number of nodes, beside the control arm (grey band: its interval). ``entries`` are notebook 05's
+    variants of ``method`` (groups "N=<n>" and "control"); n/a ratios (both arms at the threshold at once) are
+    left out. Above the dashed line DisBack is faster than its baseline."""
+    control = next(e[key] for e in entries if e["method"] == method and e["group"] == "control")
+    if control["ratio"] > 0 and control["ci_low"] > 0:
+        ax.axhspan(control["ci_low"], control["ci_high"], color="0.6", alpha=0.25, lw=0)
+        ax.axhline(control["ratio"], color="0.4", lw=1.2, label="control (fake score from node N)")
+    for k, n in enumerate(node_counts):
+        cells = [e for e in entries if e["method"] == method and e["group"] == f"N={n}"
+                 and e[key]["ratio"] > 0 and e[key]["ci_low"] > 0]
+        x = np.array([e["share"] for e in cells])
+        r = np.array([e[key]["ratio"] for e in cells])
+        lo, hi = np.array([e[key]["ci_low"] for e in cells]), np.array([e[key]["ci_high"] for e in cells])
+        ax.errorbar(x * (1 + 0.04 * (k - 1)), r, yerr=[r - lo, hi - r], fmt="o-", capsize=3, color=f"C{k}",
+                    label=f"DisBack, N={n}")
+    ratio_axis(ax, axis="y")
+    ax.set_ylim(0.1, 10)
+    share_axis(ax, shares)
+    ax.legend(fontsize=7)

@@ -81,3 +81,22 @@ def test_every_notebook_runs_on_digits_through_parameters(tmp_path, monkeypatch)
     teacher = json.loads((tmp_path / "results" / "smoke" / "metrics" / "01_teacher_setup__digits.json").read_text())
     assert teacher["primary"] == "fid" and teacher["summary"]["teacher"]["fid"] > 0
     assert "run 2/2 (seed 1) done" in log.read_text()
+
+
+def test_notebook_setup_gives_folders_setting_records_and_outputs(tmp_path, capsys):
+    """``notebook.setup``: the folders and setting a notebook's parameters name; records round-trip through it,
+    a threshold is a factor of the teacher's metric, tables are saved and shown, and the timer counts up."""
+    from disback import notebook
+
+    ctx = notebook.setup("smoke", "ring2d", tmp_path / "results", tmp_path / "runs", 100, 50, {"std": 0.3},
+                         num_train=200)
+    assert ctx.metric == "w2" and ctx.num_eval == 50 and ctx.data.info["std"] == 0.3
+    assert tuple(ctx.data.train.shape) == (200, 2) and tuple(ctx.data.reference.shape) == (100, 2)
+    assert all((tmp_path / "results" / "smoke" / sub).is_dir() for sub in ("metrics", "tables", "figures"))
+    ctx.save_record("01_teacher_setup", {"teacher": {"w2": 0.2}})
+    assert ctx.record("01_teacher_setup") == {"teacher": {"w2": 0.2}}
+    assert ctx.threshold(1.5) == pytest.approx(0.3)
+    csv, md = ctx.table([{"a": 1, "b": 0.5}], "00_test")
+    assert csv.read_text().splitlines() == ["a,b", "1,0.5"] and md.read_text() in capsys.readouterr().out
+    timer = notebook.Timer()
+    assert 0 <= timer.seconds() < 60

@@ -2,7 +2,7 @@
 import matplotlib.pyplot as plt
 import pytest
 
-from disback.plots import log_axis, ratio_axis
+from disback.plots import log_axis, ratio_axis, schedule_panel, share_axis
 
 
 def _labels(ax, minor=False):
@@ -34,4 +34,52 @@ def test_ratio_axis_has_readable_ticks_below_one():
     fig.canvas.draw()
     labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
     assert {"0.2", "0.5", "1"} <= set(labels), labels
+    plt.close(fig)
+
+
+def _texts(labels):
+    return [t.get_text() for t in labels if t.get_text()]
+
+
+def test_ratio_axis_on_y_reads_plain_numbers():
+    """The threshold sweep's and the schedule figure's speed-up axes: 0.2, 0.5, 1, 2, 5, never 10^x."""
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [0.3, 3])
+    ratio_axis(ax, "speed-up", axis="y")
+    ax.set_ylim(0.1, 10)
+    fig.canvas.draw()
+    major, minor = _texts(ax.get_yticklabels()), _texts(ax.get_yticklabels(minor=True))
+    assert {"0.2", "0.5", "1", "2", "5"} <= set(major) and not minor, (major, minor)
+    assert not any("^" in t or "$" in t or "e" in t for t in major)
+    assert ax.get_ylabel() == "speed-up"
+    plt.close(fig)
+
+
+def test_share_axis_labels_each_share_once_in_percent():
+    """The schedule figure's x axis: one percent label per share and no minor labels to overlap them."""
+    fig, ax = plt.subplots()
+    shares = [0.05, 0.1, 0.2, 0.5]
+    ax.plot(shares, [1, 2, 3, 4])
+    share_axis(ax, shares)
+    fig.canvas.draw()
+    assert _texts(ax.get_xticklabels()) == ["5%", "10%", "20%", "50%"]
+    assert _texts(ax.get_xticklabels(minor=True)) == []
+    plt.close(fig)
+
+
+def test_schedule_panel_has_plain_speedup_and_share_labels():
+    """Notebook 05's panel: control band, one curve per node count, readable labels on both axes."""
+    def s(r):
+        return {"ratio": r, "ci_low": r / 1.5, "ci_high": r * 1.5}
+
+    entries = [{"method": "dmd", "group": "control", "speedup_updates": s(1.2)}]
+    entries += [{"method": "dmd", "group": f"N={n}", "share": share, "speedup_updates": s(0.5 + share)}
+                for n in (2, 4) for share in (0.05, 0.2)]
+    fig, ax = plt.subplots()
+    schedule_panel(ax, entries, "dmd", "speedup_updates", [2, 4], [0.05, 0.2])
+    fig.canvas.draw()
+    assert _texts(ax.get_xticklabels()) == ["5%", "20%"] and not _texts(ax.get_xticklabels(minor=True))
+    assert {"0.2", "0.5", "1", "2", "5"} <= set(_texts(ax.get_yticklabels()))
+    assert not _texts(ax.get_yticklabels(minor=True))
+    assert len(ax.get_legend().get_texts()) == 3
     plt.close(fig)

@@ -1,6 +1,7 @@
 """The verdict machinery: control arm, per-method noise levels, DMD regression, compute counting, snapshots,
 schedule shares, BCa/t intervals, finals, log-metric area, direction agreement, progress and notebook cleaning."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from scipy import stats as sstats
 import disback
 import disback.experiments
 import disback.settings
-from disback.analysis import compare, iters_per_node_for_share, schedule_share, threshold_sweep
+from disback.analysis import (compare, convergence, iters_per_node_for_share, schedule_share, stage1_cost,
+                              threshold_sweep)
 from disback.checkpoint import fingerprint
 from disback.config import DistillConfig, TeacherConfig
 from disback.data import GaussianMixture, ring_mixture
@@ -19,7 +21,7 @@ from disback.distill import load_snapshot
 from disback.metrics import direction_agreement
 from disback.path import DegradationPath, PathWriter
 from disback.stats import final_values, mean_log_metric, paired_ratio_t, speedup
-from disback.steps import COST_FAKE_STEP, cost_gen_step, regression_pairs
+from disback.steps import COST_FAKE_STEP, NFE_FAKE_STEP, cost_gen_step, regression_pairs
 from disback.teachers import train_teacher
 
 
@@ -99,6 +101,28 @@ def test_compute_counts_backward_passes_and_sid_goes_through_both_denoisers(teac
         cfg = DistillConfig(method=method, fake_steps=k, iters=2, batch=8, eval_every=0)
         res = disback.distill(teacher, cfg, tmp_path / method, progress=False)
         assert [r["cost"] for r in res.log] == [i * 8 * (k * COST_FAKE_STEP + cost_gen_step(method)) for i in range(3)]
+
+
+def test_stage1_is_charged_to_every_arm_that_uses_the_path(perturbed_path):
+    """DisBack and the control arm (fake score started at node N) both need the path, so both are charged its
+    recording in compute; the baseline is not, and an arm that used the path cannot be analysed without it."""
+    log = [{"step": s, "metrics": {"w2": 2.0 - s / 10}, "nfe": 10 * s, "cost": 20 * s} for s in range(11)]
+    arms = {"baseline": DistillConfig(), "DisBack": DistillConfig(backtrack=True),
+            "control": DistillConfig(fake_from_path=True)}
+    runs = {arm: [SimpleNamespace(log=log, config=cfg.replace(seed=k)) for k in range(2)] for arm, cfg in arms.items()}
+    charge = stage1_cost(perturbed_path)
+    assert charge == {"nfe": 3 * 8 * NFE_FAKE_STEP, "cost": 3 * 8 * COST_FAKE_STEP}  # iters x batch of stage 1
+    conv = {arm: convergence(results, "w2", 1.5, perturbed_path) for arm, results in runs.items()}
+    assert conv["baseline"]["cost"][0] == 0 and conv["baseline"]["compute"].tolist() == [100.0, 100.0]
+    for arm in ("DisBack", "control"):
+        assert conv[arm]["cost"][0] == charge["cost"] and conv[arm]["nfe"][0] == charge["nfe"], arm
+        assert conv[arm]["compute"].tolist() == [100.0 + charge["cost"]] * 2, arm
+    assert compare(conv["baseline"], conv["control"])["speedup_compute"]["ratio"] == pytest.approx(
+        100 / (100 + charge["cost"]))
+    with pytest.raises(ValueError, match="pass it as `path`"):
+        convergence(runs["control"], "w2", 1.5)
+    with pytest.raises(ValueError, match="one arm at a time"):
+        convergence(runs["baseline"] + runs["control"], "w2", 1.5, perturbed_path)
 
 
 def test_snapshots_keep_the_generator_as_it_was(teacher, tmp_path):
