@@ -22,7 +22,7 @@ help:
 	@echo "make clean-runs   empty runs/$(PROFILE)/ (the shared runs; time a full reproduction from none)"
 	@echo "make convert-teacher PKL=... OUT=...  convert a downloaded EDM pickle to safetensors (safe loader)"
 	@echo "make download     paper scale: EDM teachers (converted), FID references, Inception weights into ASSETS"
-	@echo "variables: PROFILE=smoke|cpu|paper (default cpu), SETTING=ring2d|digits, JOBS=2,"
+	@echo "variables: PROFILE=smoke|cpu|paper (default cpu), SETTING=ring2d|digits|ffhq64|afhqv2_64|imagenet64|sd15|sdxl (one setting), JOBS=2,"
 	@echo "           ASSETS=<folder> (paper-scale asset cache; default \$$DISBACK_ASSETS, else ~/.cache/disback)"
 
 setup: $(STAMP)
@@ -97,11 +97,16 @@ REPORT_OUT = $(if $(filter cpu,$(PROFILE)),REPORT.md,results/$(PROFILE)/REPORT.m
 report: setup
 	$(PY) -m disback.report --results results --profile $(PROFILE) --out $(REPORT_OUT)
 
+# Both cores: the unit tests as two pytest-xdist workers (whole files each), then the notebooks in two groups side
+# by side: 01-06 in order in one process (they read each other's smoke runs), the paper-scale 07-10 in the other.
 # The wall time lands in results/test_time.json (git-ignored), which `make bench` quotes.
+NBVAL = $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name disback
 test: setup
-	@start=$$(date +%s); \
-	$(PY) -m pytest tests && \
-	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name disback notebooks; rc=$$?; \
+	@start=$$(date +%s); mkdir -p runs; \
+	$(PY) -m pytest -n 2 --dist loadfile tests && { \
+	  $(NBVAL) $(wildcard notebooks/0[1-6]_*.ipynb) > runs/nbval-01-06.log 2>&1 & first=$$!; \
+	  $(NBVAL) $(filter-out $(wildcard notebooks/0[1-6]_*.ipynb),$(wildcard notebooks/*.ipynb)); second=$$?; \
+	  wait $$first; firstrc=$$?; cat runs/nbval-01-06.log; [ $$firstrc = 0 ] && [ $$second = 0 ]; }; rc=$$?; \
 	$(PY) -m disback.bench --results results --record-test-time $$(( $$(date +%s) - start )) --test-rc $$rc; \
 	exit $$rc
 

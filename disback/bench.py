@@ -152,6 +152,28 @@ def sampling_costs(teacher, sigma_init: float, steps: int, sigma_max: float, sca
             "throughput_ratio": t_heun / t_one, "nfe_ratio": heun_nfe(steps)}
 
 
+PAPER_SAMPLING_SETTINGS = {"FFHQ-64 / AFHQv2-64 (EDM Heun, 40 steps)": "ffhq64",
+                           "ImageNet-64 (EDM stochastic, 256 steps)": "imagenet64"}
+
+
+def paper_sampling(results: Path) -> list[dict]:
+    """One-step against the teacher's sampler on the paper's networks: the fp32 measurement of ``python -m disback
+    throughput --sampling-batch`` in ``results/paper/throughput*.json`` where one exists (random weights: the speed
+    does not depend on them), else pending."""
+    measured = {}
+    for f in sorted((Path(results) / "paper").glob("throughput*.json")):
+        rec = read_json(f)
+        for row in rec.get("sampling", []):
+            if row.get("status") == "ok" and row["precision"] == "fp32" and rec.get("size") == "full":
+                measured.setdefault(row["setting"], {**row, "device": rec["device"], "file": f"results/paper/{f.name}"})
+    out = []
+    for teacher, nfe in PAPER_TEACHERS.items():
+        row = measured.get(PAPER_SAMPLING_SETTINGS[teacher])
+        out.append({"teacher": teacher, "heun_nfe": nfe, "nfe_ratio": nfe, **(row or {
+            "status": "pending: needs a GPU (`python -m disback throughput --random-weights --sampling-batch 16`)"})})
+    return out
+
+
 def wall_times(results: Path, profile: str) -> dict:
     """Each executed notebook's papermill duration and the last recorded ``make test`` wall time."""
     notebooks = {}
@@ -183,10 +205,7 @@ def run(profile: str, results: Path, runs: Path, root: Path) -> dict:
         record.update(stage_costs(teacher, degrade, config, Path(work), scale))
     record["sampling"] = sampling_costs(teacher, degrade.sigma_init, p1.get("sampler_steps", 18),
                                         p1.get("sigma_max", 20.0), scale)
-    record["paper_sampling"] = [{"teacher": k, "heun_nfe": v, "nfe_ratio": v,
-                                 "status": "pending: needs the paper's teachers (EDM pickles converted by "
-                                           "`make convert-teacher`) and a GPU"}
-                                for k, v in PAPER_TEACHERS.items()]
+    record["paper_sampling"] = paper_sampling(results)
     record.update(wall_times(results, profile))
     record["bench_seconds"] = time.perf_counter() - start
     out = results / profile
@@ -222,8 +241,15 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
          f"{sm['throughput_ratio']:.1f}x", f"NFE ratio {sm['nfe_ratio']}x; {sm['num_samples']:,} samples per call: "
          f"{sm['onestep_samples_per_s']:,.0f} vs {sm['heun_samples_per_s']:,.0f} samples/s"),
     ]
-    rows += [(f"one-step / Heun sampling throughput, {p['teacher']}", p["status"], f"NFE ratio {p['nfe_ratio']}x")
-             for p in r["paper_sampling"]]
+    for p in r["paper_sampling"]:
+        if "throughput_ratio" in p:
+            rows.append((f"one-step sampling throughput / the teacher's sampler, {p['teacher']}",
+                         f"{p['throughput_ratio']:.0f}x", f"NFE ratio {p['nfe_ratio']}x; random-weight network of the "
+                         f"teacher's architecture, fp32, batch {p['batch']}, {p['device']}: {p['onestep_samples_per_s']:,.0f} "
+                         f"vs {p['teacher_samples_per_s']:.3g} samples/s (`{p['file']}`)"))
+        else:
+            rows.append((f"one-step / Heun sampling throughput, {p['teacher']}", p["status"],
+                         f"NFE ratio {p['nfe_ratio']}x"))
     rows += [(f"notebook `{stem}` wall time", _minutes(d), "papermill metadata") for stem, d in r["notebooks"].items()]
     for i, run in enumerate(reversed(r.get("make_reproduce", [])[-3:])):  # the latest first, then two before it
         label = "`make reproduce` notebooks wall time" + ("" if i == 0 else f" (earlier run {i})")

@@ -39,16 +39,22 @@ def passes(params: dict, setting: str) -> dict:
     return out
 
 
+# Settings whose teachers share another's network (same layout and size; only dropout differs): its time per pass holds.
+SAME_NETWORK = {"afhqv2_64": "ffhq64"}
+
+
 def seconds_per_pass(setting: str, results: Path) -> tuple[float, str]:
     """Seconds per forward-equivalent pass of one sample, measured (fp32 baseline arm) or from FLOPs; and its source."""
-    for f in sorted((results / "paper").glob("throughput*.json")):
-        rec = json.loads(f.read_text())
-        arms = [a for a in rec["arms"] if a.get("status") == "ok" and a.get("setting") == setting]
-        arm = next((a for a in arms if a["precision"] == "fp32"), arms[0] if arms else None)
-        if arm is not None and rec.get("size", "full") == "full":
-            t = arm["stage2"]["s_per_update"] / arm["forward_equivalents_per_update"]
-            return t, (f"measured: {arm['method']} {arm['precision']} at batch {arm['batch']} on {rec['device']} "
-                       f"(`{f.relative_to(results.parent)}`)")
+    for measured_on in (setting, SAME_NETWORK.get(setting)):
+        for f in sorted((results / "paper").glob("throughput*.json")) if measured_on else ():
+            rec = json.loads(f.read_text())  # (the text-to-image throughput files hold rows, not arms)
+            arms = [a for a in rec.get("arms", []) if a.get("status") == "ok" and a.get("setting") == measured_on]
+            arm = next((a for a in arms if a["precision"] == "fp32"), arms[0] if arms else None)
+            if arm is not None and rec.get("size", "full") == "full":
+                t = arm["stage2"]["s_per_update"] / arm["forward_equivalents_per_update"]
+                same = "" if measured_on == setting else f" on {measured_on}'s network (the same DDPM++ net)"
+                return t, (f"measured{same}: {arm['method']} {arm['precision']} at batch {arm['batch']} on "
+                           f"{rec['device']} (`{f.relative_to(results.parent)}`)")
     from .networks.presets import forward_flops
 
     flops = forward_flops(setting)
@@ -71,4 +77,35 @@ def gpu_hours_lines(root: Path, results: Path) -> list[str]:
         hours = {k: v * t / 3600 for k, v in parts.items()}
         top = ", ".join(f"{k} {h:.0f} h" for k, h in sorted(hours.items(), key=lambda kv: -kv[1])[:3])
         lines.append(f"| `{nb}` | {sum(hours.values()):.0f} | {top} | {source} |")
+    return lines
+
+
+def throughput_lines(results: Path) -> list[str]:
+    """REPORT.md section: the GPU throughput measured on random-weight networks of the paper's sizes (not an FID)."""
+    files = sorted((results / "paper").glob("throughput*.json"))
+    lines = ["", "## GPU throughput at the paper's network sizes (random weights)", ""]
+    if not files:
+        return lines + ["Not measured: no `results/paper/throughput*.json` (`python -m disback throughput`, "
+                        "`python -m disback sd-throughput` on a GPU)."]
+    lines += ["Updates per second of the library's own stage-1 and stage-2 steps on networks of the teachers' "
+              "architectures with random weights (speed does not depend on the weights); a throughput, not a quality "
+              "result. A DisBack stage-2 update and a baseline update run the same networks, so their rates should "
+              "match; stage 1 is the fake-score step alone.", "",
+              "| network | arm | precision | batch | stage 2, updates/s | stage 1, steps/s | peak GiB | device | file |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        rec = json.loads(f.read_text())
+        for arm in rec.get("arms", []):
+            if arm.get("status") != "ok":
+                continue
+            s1 = f"{arm['stage1']['updates_per_s']:.2f}" if "stage1" in arm else "-"
+            peak = max(arm[k].get("peak_memory_gib", 0) for k in ("stage1", "stage2") if k in arm)
+            lines.append(f"| {arm['setting']} ({rec['settings'][arm['setting']]['architecture']}) | {arm['method']} | "
+                         f"{arm['precision']} | {arm['batch']} | {arm['stage2']['updates_per_s']:.2f} | {s1} | "
+                         f"{peak:.1f} | {rec['device']} | `{f.name}` |")
+        for row in rec.get("rows", []):  # text-to-image (sd-throughput)
+            lora = f"LoRA rank {row['lora_rank']}" if row.get("lora_rank") else "full fine-tuning"
+            lines.append(f"| SD 1.5-sized UNet ({rec.get('size')}) | DisBack, {lora} | {row['precision']} | "
+                         f"{row['batch']} | {row['updates_per_s']:.2f} | - | {row['max_memory_allocated_gib']:.1f} | "
+                         f"{rec.get('device', '?')} | `{f.name}` |")
     return lines

@@ -267,8 +267,9 @@ def render(results: Path, profile: str, root: Path, claims_file: Path | None = N
                                                   for p in rec.get("figures", [])),
                       "", f"Source: `{f.relative_to(root)}`."]
     from .bench import bench_lines
-    from .gpu_hours import gpu_hours_lines
+    from .gpu_hours import gpu_hours_lines, throughput_lines
     lines += bench_lines(results, profile, root)
+    lines += throughput_lines(results)
     lines += gpu_hours_lines(root, results)
     lines += ["", "## Run time per notebook (papermill metadata)", ""] + _timings(results, profile, root)
     lines += ["", "## Reliability: what the tests check", "",

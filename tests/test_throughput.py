@@ -94,3 +94,25 @@ def test_throughput_module_imports_only_what_a_bare_gpu_machine_has():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_report_reads_the_throughput_files(tmp_path):
+    """REPORT.md's GPU throughput table lists every measured arm and text-to-image row; the bench quotes a measured
+    one-step/teacher-sampler ratio (full-size only) and keeps the other rows pending; GPU hours use the measurement."""
+    from disback.bench import paper_sampling
+    from disback.gpu_hours import seconds_per_pass, throughput_lines
+
+    paper = tmp_path / "paper"
+    rec = run_throughput(["ffhq64"], ["diff_instruct"], ["fp32"], {"ffhq64": 2}, 1, size="tiny", resolution=8,
+                         device="cpu", sampling_batch=2, out=paper / "throughput_ffhq64.json", log=lambda *_: None)
+    assert paper_sampling(tmp_path)[0]["status"].startswith("pending")  # a tiny net's speed is no paper measurement
+    (paper / "throughput_ffhq64.json").write_text(json.dumps({**rec, "size": "full"}))
+    (paper / "throughput_sd15.json").write_text(json.dumps({"device": "gpu", "size": "sd15", "rows": [
+        {"precision": "bf16", "lora_rank": 64, "batch": 4, "updates_per_s": 1.5, "max_memory_allocated_gib": 20.0}]}))
+    lines = "\n".join(throughput_lines(tmp_path))
+    assert "| ffhq64 (SongUNet) | diff_instruct | fp32 | 2 |" in lines and "LoRA rank 64 | bf16 | 4 | 1.50 |" in lines
+    ffhq, imagenet = paper_sampling(tmp_path)
+    assert ffhq["throughput_ratio"] == rec["sampling"][0]["throughput_ratio"] and imagenet["status"].startswith("pending")
+    for setting in ("ffhq64", "afhqv2_64"):  # AFHQv2's teacher is the same network: FFHQ's time per pass holds
+        assert seconds_per_pass(setting, tmp_path)[1].startswith("measured")
+    assert seconds_per_pass("imagenet64", tmp_path)[1].startswith("estimated")
