@@ -1,4 +1,4 @@
-"""GPU hours each paper notebook (07-09) needs at its pinned ``params/paper/`` values, for REPORT.md.
+"""GPU hours notebook 07 needs per paper setting at its pinned ``params/paper/`` values, for REPORT.md.
 
 Work is counted in forward-equivalent network passes per sample (a backward pass = two forwards, ``steps.py``):
 stage 1, every stage-2 arm, the teacher's FID samples and the FID samples during and after training (Inception's
@@ -18,7 +18,7 @@ from .diffusion import EDM_TEACHER_SAMPLERS, heun_nfe
 from .steps import COST_FAKE_STEP, cost_gen_step
 
 ASSUMED_FLOPS = 100e12  # FLOP/s sustained when nothing was measured: an assumption (about 10% of an H100's dense bf16 peak)
-SETTINGS = {"07_ffhq64": "ffhq64", "08_afhqv2_64": "afhqv2_64", "09_imagenet64": "imagenet64"}
+NOTEBOOK, SETTINGS = "07_paper_scale", ("ffhq64", "afhqv2_64", "imagenet64")  # one notebook, run per setting
 
 
 def passes(params: dict, setting: str) -> dict:
@@ -67,16 +67,16 @@ def gpu_hours_lines(root: Path, results: Path) -> list[str]:
     lines = ["", "## GPU hours the paper notebooks need (estimate)", "",
              "At the pinned `params/paper/` values, on one GPU, at the batch the params give (a single GPU may need "
              "to split it); forward-equivalent passes (backward = 2 forwards) times the time of one pass; Inception "
-             "not counted.", "", "| notebook | GPU hours | largest parts | time per pass |", "|---|---|---|---|"]
-    for nb, setting in SETTINGS.items():
-        f = root / "params" / "paper" / f"{nb}__{setting}.yaml"
+             "not counted.", "", "| notebook, setting | GPU hours | largest parts | time per pass |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        f = root / "params" / "paper" / f"{NOTEBOOK}__{setting}.yaml"
         if not f.is_file():
             continue
         parts = passes(yaml.safe_load(f.read_text()), setting)
         t, source = seconds_per_pass(setting, results)
         hours = {k: v * t / 3600 for k, v in parts.items()}
         top = ", ".join(f"{k} {h:.0f} h" for k, h in sorted(hours.items(), key=lambda kv: -kv[1])[:3])
-        lines.append(f"| `{nb}` | {sum(hours.values()):.0f} | {top} | {source} |")
+        lines.append(f"| `{NOTEBOOK}`, {setting} | {sum(hours.values()):.0f} | {top} | {source} |")
     return lines
 
 

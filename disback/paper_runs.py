@@ -1,4 +1,4 @@
-"""Notebooks 07-09 (FFHQ-64, AFHQv2-64, ImageNet-64): one pipeline for the paper's three EDM settings.
+"""Notebook 07 (settings ffhq64, afhqv2_64, imagenet64): one pipeline for the paper's three EDM settings.
 
 Each step is a call to the stages the cpu notebooks use (``shared_path`` for stage 1, ``shared_runs`` for the
 baselines and DisBack, ``Setting.evaluate`` for FID during training), plus what only paper scale needs: the
@@ -28,7 +28,8 @@ from .generator import generate, seeded_labels, seeded_noise
 from .results import save_metrics, save_table
 from .settings import load_setting
 
-NOTEBOOKS = {"ffhq64": "07_ffhq64", "afhqv2_64": "08_afhqv2_64", "imagenet64": "09_imagenet64"}
+NOTEBOOK = "07_paper_scale"  # one notebook, run once per setting
+NOTEBOOKS = dict.fromkeys(("ffhq64", "afhqv2_64", "imagenet64"), NOTEBOOK)
 MODES = ("tiny", "status", "full")
 CLAIMS = Path(__file__).resolve().parents[1] / "paper" / "claims.yaml"
 GPU_LOOPS = False  # whether train_arms / degradation run the loops on a GPU: not yet (they run where the tensors are)
@@ -41,7 +42,7 @@ class PaperRunRefused(RuntimeError):
 @dataclass
 class PaperRun:
     name: str                 # the setting: ffhq64, afhqv2_64 or imagenet64
-    notebook: str             # 07_ffhq64, ...
+    notebook: str             # 07_paper_scale
     profile: str
     mode: str                 # one of MODES
     paths: Paths

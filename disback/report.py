@@ -25,14 +25,11 @@ NOTEBOOKS = {
     "04_baselines": "Baselines with and without backtracking (paper Sec. 5.1-5.2)",
     "05_ablation_nodes": "The backtracking schedule as a measured axis: share x nodes, control arm (paper Sec. 5.4)",
     "06_score_mismatch": "Score mismatch during training (paper Sec. 5.3)",
-    "07_ffhq64": "FFHQ 64x64 at paper scale (paper Sec. 5.1)",
-    "08_afhqv2_64": "AFHQv2 64x64 at paper scale (paper Sec. 5.1)",
-    "09_imagenet64": "ImageNet 64x64 at paper scale (paper Sec. 5.1)",
+    "07_paper_scale": "FFHQ 64x64, AFHQv2 64x64 and ImageNet 64x64 at paper scale (paper Sec. 5.1)",
     "10_text_to_image": "Text to image: Stable Diffusion through diffusers, FID and CLIP score",
 }
 KEY_FIGURES = ("02_node_samples", "03_convergence", "04_convergence", "04_speedup", "04_threshold_sweep",
-               "05_schedule", "06_mismatch", "06_agreement", "07_ffhq64_convergence", "08_afhqv2_64_convergence",
-               "09_imagenet64_convergence")
+               "05_schedule", "06_mismatch", "06_agreement", "07_paper_scale_convergence")
 CLAIMS_FILE = Path("paper") / "claims.yaml"
 
 

@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_status_mode_writes_a_pending_record_and_runs_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("DISBACK_ASSETS", str(tmp_path / "cache"))
     run = paper_runs.start("imagenet64", "cpu", "status", tmp_path / "results", tmp_path / "runs")
-    rec = json.loads((tmp_path / "results" / "cpu" / "metrics" / "09_imagenet64__imagenet64.json").read_text())
+    rec = json.loads((tmp_path / "results" / "cpu" / "metrics" / "07_paper_scale__imagenet64.json").read_text())
     assert rec["status"] == "pending" and "make download" in rec["missing"] and "a CUDA GPU" in rec["missing"]
     assert str(tmp_path) not in rec["missing"]  # no machine-specific path in a committed record
     assert paper_runs.teacher_fid(run, 4) is None and paper_runs.train_arms(run, None, {}, [], 0.1, [0], 4) == {}
     assert paper_runs.convergence_figure(run, {}, None) == [] and paper_runs.comparison_table(run, {}, None) == []
-    records = {("09_imagenet64", "imagenet64"): (rec, tmp_path / "results" / "cpu" / "metrics" / "x.json")}
-    row = number_status({"ours": {"notebook": "09_imagenet64", "setting": "imagenet64"}, "needs": "-"}, records,
+    records = {("07_paper_scale", "imagenet64"): (rec, tmp_path / "results" / "cpu" / "metrics" / "x.json")}
+    row = number_status({"ours": {"notebook": "07_paper_scale", "setting": "imagenet64"}, "needs": "-"}, records,
                         tmp_path)
     assert row.startswith("pending: paper scale only")
 
@@ -38,7 +38,7 @@ def test_paper_mode_refuses_in_one_line_without_assets(tmp_path, monkeypatch):
 
 
 def test_gpu_hours_count_every_part_and_prefer_a_measured_time(tmp_path):
-    params = yaml.safe_load((ROOT / "params" / "paper" / "09_imagenet64__imagenet64.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params" / "paper" / "07_paper_scale__imagenet64.yaml").read_text())
     parts = passes(params, "imagenet64")
     assert parts["teacher FID"] == 50000 * 511
     assert parts["stage 2, DisBack"] == parts["stage 2, diff_instruct"] > parts["stage 1"]
@@ -49,8 +49,8 @@ def test_gpu_hours_count_every_part_and_prefer_a_measured_time(tmp_path):
     t, source = seconds_per_pass("imagenet64", tmp_path)
     assert t == pytest.approx(0.9 / 288) and source.startswith("measured: diff_instruct fp32 at batch 32 on GPU")
     lines = gpu_hours_lines(ROOT, tmp_path)
-    assert any(line.startswith("| `09_imagenet64` |") and "measured" in line for line in lines)
-    assert any(line.startswith("| `07_ffhq64` |") and "estimated" in line and "GFLOP" in line for line in lines)
+    assert any(line.startswith("| `07_paper_scale`, imagenet64 |") and "measured" in line for line in lines)
+    assert any(line.startswith("| `07_paper_scale`, ffhq64 |") and "estimated" in line and "GFLOP" in line for line in lines)
 
 
 def test_cpu_profile_notebook_writes_its_status_record_through_papermill(tmp_path, monkeypatch):
@@ -60,13 +60,13 @@ def test_cpu_profile_notebook_writes_its_status_record_through_papermill(tmp_pat
     from disback.clean_notebook import main as clean_notebook
 
     monkeypatch.setenv("DISBACK_ASSETS", str(tmp_path / "cache"))
-    params = {**yaml.safe_load((ROOT / "params" / "cpu" / "09_imagenet64__imagenet64.yaml").read_text()),
+    params = {**yaml.safe_load((ROOT / "params" / "cpu" / "07_paper_scale__imagenet64.yaml").read_text()),
               "profile": "cpu", "results_root": str(tmp_path / "results"), "runs_root": str(tmp_path / "runs")}
     out = tmp_path / "09.ipynb"
-    pm.execute_notebook(str(ROOT / "notebooks" / "09_imagenet64.ipynb"), str(out), parameters=params,
+    pm.execute_notebook(str(ROOT / "notebooks" / "07_paper_scale.ipynb"), str(out), parameters=params,
                         kernel_name="disback", cwd=str(ROOT / "notebooks"), progress_bar=False)
     clean_notebook([str(out)])  # as `make reproduce` does
-    rec = json.loads((tmp_path / "results" / "cpu" / "metrics" / "09_imagenet64__imagenet64.json").read_text())
+    rec = json.loads((tmp_path / "results" / "cpu" / "metrics" / "07_paper_scale__imagenet64.json").read_text())
     assert rec["status"] == "pending" and rec["needs"]
     text = out.read_text().replace(str(tmp_path), "")
     assert str(ROOT) not in text and str(Path.home()) not in text
