@@ -51,7 +51,10 @@ PROGRESS := runs/$(PROFILE)/progress.log
 # Settings in the order of their longest chain of notebooks (digits first).
 SETTING_ORDER = digits ring2d
 ORDERED_SETTINGS = $(filter $(SETTING_ORDER),$(RUN_SETTINGS)) $(filter-out $(SETTING_ORDER),$(RUN_SETTINGS))
-STEMS = $(foreach s,$(ORDERED_SETTINGS),$(basename $(notdir $(wildcard params/$(PROFILE)/*__$(s).yaml))))
+# Within a setting, the notebooks in the order make should start them when several are ready: 05 (the longest
+# after 03) before 06 and 04, so the short 04 never delays the digits chain's last step.
+NB_ORDER = 01 02 03 05 06 04 07 08 09 10
+STEMS = $(foreach s,$(ORDERED_SETTINGS),$(foreach n,$(NB_ORDER),$(basename $(notdir $(wildcard params/$(PROFILE)/$(n)_*__$(s).yaml)))))
 # What each notebook reads from the others of its setting (records, the path); NEEDS_NN__<setting> overrides
 # NEEDS_NN. Where two notebooks ask for the same shared run, the second waits on the run folder's lock for the
 # first to finish it, then loads it. digits has the longest chain (01-02-03-05, most of the cpu profile's time),
@@ -68,6 +71,7 @@ stem_of = $(filter $(1)_%__$(2),$(STEMS))
 needs_of = $(or $(NEEDS_$(1)__$(2)),$(NEEDS_$(1)))
 $(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(call needs_of,$(firstword $(subst _, ,$(st))),$(lastword $(subst __, ,$(st)))),$(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(call stem_of,$(n),$(lastword $(subst __, ,$(st)))))))))
 
+DRY_RUN = $(findstring n,$(firstword -$(MAKEFLAGS)))  # `make -n reproduce` still runs the recipe's $(MAKE) line
 reproduce: setup
 	@test -n "$(STEMS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }
 	@empty=$$(test -z "$$(ls -A runs/$(PROFILE) 2>/dev/null | grep -v '^progress.log$$')" && echo 1 || echo 0); \
@@ -77,7 +81,7 @@ reproduce: setup
 	  $(MAKE) --no-print-directory -B -j$(JOBS) $(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(STEMS))) PROFILE=$(PROFILE) SETTING='$(SETTING)'; rc=$$?; \
 	  sleep 1; kill $$tailer 2>/dev/null; took=$$(( $$(date +%s) - start )); \
 	  echo "notebooks finished in $$(( took / 60 )) min $$(( took % 60 )) s (rc=$$rc)"; \
-	  if [ '$(SETTING)' = '*' ]; then $(PY) -m disback.bench --profile $(PROFILE) --results results \
+	  if [ '$(SETTING)' = '*' ] && [ -z '$(DRY_RUN)' ]; then $(PY) -m disback.bench --profile $(PROFILE) --results results \
 	    --record-reproduce-time $$took --test-rc $$rc --from-empty $$empty --jobs $(JOBS); fi; exit $$rc
 	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
 
