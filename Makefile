@@ -102,9 +102,10 @@ report: setup
 	$(PY) -m disback.report --results results --profile $(PROFILE) --out $(REPORT_OUT)
 
 # Both cores: the unit tests as two pytest-xdist workers (whole files each), then the notebooks in two groups side
-# by side: 01-06 in order in one process (they read each other's smoke runs), the paper-scale 07-10 in the other.
+# by side: 01-06 in order in one process (they read each other's smoke runs), the paper-scale 07-10 in the other;
+# one torch thread per kernel (two processes on two cores: more threads only oversubscribe).
 # The wall time lands in results/test_time.json (git-ignored), which `make bench` quotes.
-NBVAL = $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name disback
+NBVAL = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-kernel-name disback
 test: setup
 	@start=$$(date +%s); mkdir -p runs; \
 	$(PY) -m pytest -n 2 --dist loadfile tests && { \
