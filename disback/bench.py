@@ -278,6 +278,9 @@ def bench_lines(results_dir: Path, profile: str, root: Path) -> list[str]:
     repro = Path(results_dir) / profile / REPRODUCE_TIME  # the reproduce history as it is now, not at bench time
     if repro.is_file():
         r["make_reproduce"] = read_json(repro)["runs"]
+    test = Path(results_dir) / TEST_TIME  # likewise the last `make test` on this checkout, where one was recorded
+    if test.is_file():
+        r["make_test"] = read_json(test)
     lines += [f"The cost figures are ratios of two CPU timings taken in one process (`python -m disback.bench`, "
               f"{r['date']}, profile `{r['profile']}`, setting `{r['setting']}`) on {m['platform']}, "
               f"{m['cpu_count']} CPUs (1-min load {m['load_average_1min']}), torch {m['torch']}, {m['threads']} "
