@@ -18,7 +18,6 @@ safetensors are imported, so ``python -m disback throughput`` runs on a bare GPU
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import tempfile
 import time
@@ -29,10 +28,10 @@ import torch
 from .checkpoint import write_json
 from .config import METHODS, DistillConfig
 from .distill import _switch_target
-from .generator import frozen_copy, make_generator
+from .generator import frozen_copy, make_generator, trainable_copy
 from .networks.presets import EDM_TEACHERS, SIZES, forward_flops, random_edm_teacher
 from .path import DegradationPath, PathWriter
-from .steps import COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step, generator_step
+from .steps import COST_FAKE_STEP, adam, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step, generator_step
 
 PRECISIONS = ("fp32", "bf16")
 ARMS = METHODS + ("disback",)  # "disback" = backtracking with the Diff-Instruct loss
@@ -81,10 +80,10 @@ class _Stage2:
     def __init__(self, teacher, config: DistillConfig, rng: torch.Generator):
         self.config, self.rng = config, rng
         self.generator = make_generator(teacher, config.sigma_init).train()
-        self.fake = copy.deepcopy(teacher).train().requires_grad_(True)
+        self.fake = trainable_copy(teacher).train().requires_grad_(True)
         self.target = frozen_copy(teacher)
-        self.opt_gen = torch.optim.Adam(self.generator.parameters(), lr=config.lr_gen)
-        self.opt_fake = torch.optim.Adam(self.fake.parameters(), lr=config.lr_fake)
+        self.opt_gen = adam(self.generator.parameters(), config.lr_gen)
+        self.opt_fake = adam(self.fake.parameters(), config.lr_fake)
         self.step_count = 0
 
     def update(self) -> None:
@@ -142,8 +141,8 @@ def _stage1(teacher, config: DistillConfig, rng, updates: int, warmup: int, max_
     """Stage 1 as ``record_degradation`` runs it (the fake-score step against the frozen G0), then a path of
     ``path_nodes`` nodes after the teacher saved and loaded; returns (timings, the path)."""
     generator0 = frozen_copy(make_generator(teacher, config.sigma_init))
-    degraded = copy.deepcopy(teacher).train().requires_grad_(True)
-    opt = torch.optim.Adam(degraded.parameters(), lr=config.lr_fake)
+    degraded = trainable_copy(teacher).train().requires_grad_(True)
+    opt = adam(degraded.parameters(), config.lr_fake)
     count = iter(range(1, 10 ** 9))
     timing = _timed(lambda: fake_score_step(degraded, opt, generator0, config.batch, config.p_mean, config.p_std, rng,
                                             next(count)), updates, warmup, max_seconds, device)
