@@ -86,14 +86,11 @@ reproduce: setup
 	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
 
 $(OUTDIR)/%.ipynb: params/$(PROFILE)/%.yaml
-	@stem=$*; nb=$${stem%%__*}; echo "$$(date +%H:%M:%S) == start $$stem" >> $(PROGRESS); \
-	  $(PY) -m disback.params notebooks/$$nb.ipynb $< || exit 1; \
-	  t0=$$(date +%s); \
+	@stem=$*; nb=$${stem%%__*}; mkdir -p $(OUTDIR) runs/$(PROFILE); t0=$$(date +%s); \
+	  echo "$$(date +%H:%M:%S) == start $$stem" >> $(PROGRESS); \
 	  DISBACK_PROGRESS_LOG=$(abspath $(PROGRESS)) DISBACK_PROGRESS_LABEL=$$stem OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-	  $(VENV)/bin/papermill --no-progress-bar -k disback --cwd notebooks -f $< -p profile $(PROFILE) \
-	    notebooks/$$nb.ipynb $(OUTDIR)/.$$stem.tmp.ipynb > $(OUTDIR)/$$stem.log 2>&1 \
-	    || { tail -30 $(OUTDIR)/$$stem.log; rm -f $(OUTDIR)/.$$stem.tmp.ipynb; exit 1; }; \
-	  $(PY) -m disback.clean_notebook $(OUTDIR)/.$$stem.tmp.ipynb && mv $(OUTDIR)/.$$stem.tmp.ipynb $@; \
+	  $(PY) -m disback.run_notebook notebooks/$$nb.ipynb $< $@ --profile $(PROFILE) > $(OUTDIR)/$$stem.log 2>&1 \
+	    || { tail -30 $(OUTDIR)/$$stem.log; exit 1; }; \
 	  echo "$$(date +%H:%M:%S) == done  $$stem in $$(( $$(date +%s) - t0 )) s" >> $(PROGRESS)
 
 # REPORT.md is the cpu profile's; other profiles write results/<profile>/REPORT.md.

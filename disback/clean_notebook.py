@@ -53,13 +53,19 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebook")
     args = ap.parse_args(argv)
-    path = Path(args.notebook)
+    clean_file(args.notebook)
+
+
+def clean_file(notebook) -> Path:
+    """Rewrite the notebook file in place with ``clean`` (atomically: a reader never sees half a file)."""
+    path = Path(notebook)
     if not path.is_file():
         raise SystemExit(f"{path}: no such notebook")
     nb = clean(json.loads(path.read_text()))
     tmp = path.with_name(f".{path.name}.clean{os.getpid()}")
     tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+    return path
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ anything it was trained on.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import hashlib
 import warnings
 from dataclasses import asdict, dataclass
@@ -217,11 +219,20 @@ def digits_classifier(train, train_labels, held, held_labels, config: Classifier
             raise ArtifactError(f"{folder}: holds a classifier of config {clf.config}, expected {config}")
         return clf
     clf = train_classifier(train, train_labels, held, held_labels, config)
-    save_classifier(clf, folder, {"data_sha256": data_hash})
+    # Written beside, then renamed: notebooks started side by side may train it at once; the first rename wins and
+    # a reader never sees half a folder (both trained the same deterministic weights).
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    save_classifier(clf, tmp, {"data_sha256": data_hash})
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not (folder / "classifier.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return clf
 
 
-@register_setting("digits")
+@register_setting("digits", cache_option="classifier_dir")
 def _digits(num_train: int, num_reference: int, seed: int, **kw) -> Setting:
     """The registered builder: ``num_train`` is not an option here (the split fixes the training set)."""
     return load_digits_setting(num_reference=num_reference, seed=seed, **kw)

@@ -82,7 +82,8 @@ def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: 
 PRESENTATION_MODULES = ("plots.py", "report.py", "analysis.py", "bench.py", "progress.py", "clean_notebook.py",
                         "runlock.py", "__main__.py", "edm.py", "edm_precond.py", "edm_pickle.py", "inception.py",
                         "download.py", "presets.py", "throughput.py", "edm_settings.py", "paper_runs.py",
-                        "gpu_hours.py", "train.py", "notebook.py", "sd.py", "sd_stack.py", "sd_eval.py", "sd_bench.py")
+                        "gpu_hours.py", "train.py", "notebook.py", "sd.py", "sd_stack.py", "sd_eval.py", "sd_bench.py",
+                        "params.py", "run_notebook.py")
 
 
 @lru_cache(maxsize=1)

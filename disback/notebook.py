@@ -86,8 +86,10 @@ class Notebook:
 def setup(profile: str, setting: str, results_root, runs_root, num_reference: int, num_eval: int,
           setting_options: dict, **setting_kwargs) -> Notebook:
     """The ``Notebook`` of these parameters: folders made, the setting loaded (``setting_options`` and
-    ``setting_kwargs`` such as ``num_train`` go to ``load_setting``), the figure style set."""
+    ``setting_kwargs`` such as ``num_train`` go to ``load_setting``; what it trains to measure with is cached under
+    ``runs/<profile>/<setting>/cache/``), the figure style set."""
     plots.setup_style()
     paths = experiments.Paths.make(runs_root, results_root, profile, setting)
-    data = load_setting(setting, num_reference=num_reference, **setting_kwargs, **setting_options)
+    data = load_setting(setting, num_reference=num_reference, cache_dir=paths.runs / "cache", **setting_kwargs,
+                        **setting_options)
     return Notebook(profile, paths, data, int(num_eval))

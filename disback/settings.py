@@ -21,6 +21,7 @@ from .metrics import sample_metrics_2d, wasserstein2
 SETTING_MODULES = {"ring2d": __name__, "digits": "disback.digits", "ffhq64": "disback.edm_settings",
                    "afhqv2_64": "disback.edm_settings", "imagenet64": "disback.edm_settings"}
 _BUILDERS: dict[str, Callable[..., "Setting"]] = {}  # name -> builder(num_train=, num_reference=, seed=, **options)
+_CACHE_OPTIONS: dict[str, str] = {}  # name -> the builder's option that takes a cache folder (``load_setting(cache_dir=)``)
 
 
 @dataclass
@@ -56,13 +57,17 @@ class Setting:
         return self.metric_fn(samples, labels)
 
 
-def register_setting(name: str):
-    """Decorator: register ``builder(num_train=, num_reference=, seed=, **options) -> Setting`` as setting ``name``."""
+def register_setting(name: str, cache_option: str | None = None):
+    """Decorator: register ``builder(num_train=, num_reference=, seed=, **options) -> Setting`` as setting ``name``;
+    ``cache_option`` names the builder's option that takes a folder to cache what it trains (``load_setting``'s
+    ``cache_dir`` goes there)."""
     def add(builder: Callable[..., Setting]) -> Callable[..., Setting]:
         old = _BUILDERS.get(name)
         if old is not None and (old.__module__, old.__qualname__) != (builder.__module__, builder.__qualname__):
             raise ValueError(f"setting {name!r} is already registered by {old.__module__}.{old.__qualname__}")
         _BUILDERS[name] = builder
+        if cache_option:
+            _CACHE_OPTIONS[name] = cache_option
         return builder
     return add
 
@@ -74,12 +79,17 @@ def available_settings() -> tuple[str, ...]:
     return tuple(sorted(_BUILDERS))
 
 
-def load_setting(name: str, num_train: int = 20000, num_reference: int = 2000, seed: int = 0, **kw) -> Setting:
-    """Build the setting ``name`` (one of ``available_settings()``) with its ``kw`` options."""
+def load_setting(name: str, num_train: int = 20000, num_reference: int = 2000, seed: int = 0, cache_dir=None,
+                 **kw) -> Setting:
+    """Build the setting ``name`` (one of ``available_settings()``) with its ``kw`` options. ``cache_dir``: a folder
+    where a setting that trains something to measure with (digits: its feature classifier) keeps it for next time;
+    ignored by settings that train nothing, and by one given its own folder in ``kw``."""
     if name not in _BUILDERS and name in SETTING_MODULES:
         import_module(SETTING_MODULES[name])
     if name not in _BUILDERS:
         raise ValueError(f"setting={name!r}: must be one of {available_settings()}")
+    if cache_dir is not None and name in _CACHE_OPTIONS:
+        kw.setdefault(_CACHE_OPTIONS[name], cache_dir)
     return _BUILDERS[name](num_train=num_train, num_reference=num_reference, seed=seed, **kw)
 
 

@@ -60,20 +60,21 @@ def _check_clean(notebook: Path) -> None:
 def test_every_notebook_runs_on_digits_through_parameters(tmp_path, monkeypatch):
     """Notebooks 01-06 run on the class-conditional digits setting with parameters only (no notebook copies),
     each writes its metrics record with the setting's primary metric, FID, and, run as `make reproduce` runs them
-    (progress to a log, then `disback.clean_notebook`), each executed notebook is clean: no machine path, no
-    widget warning, at most a handful of stderr outputs, and the log names every run."""
-    from disback.clean_notebook import main as clean_notebook
+    (`disback.run_notebook`: parameters checked, progress to a log, paths scrubbed), each executed notebook is
+    clean: no machine path, no widget warning, at most a handful of stderr outputs; the log names every run, and the
+    digits classifier is trained once into the runs' cache and loaded by the notebooks after the first."""
+    import yaml
+
+    from disback.run_notebook import run
 
     log = tmp_path / "progress.log"
     monkeypatch.setenv("DISBACK_PROGRESS_LOG", str(log))
-    common = {"profile": "smoke", "setting": "digits", "results_root": str(tmp_path / "results"),
-              "runs_root": str(tmp_path / "runs"), "num_eval": 100, "num_reference": 100,
-              "setting_options": {"classifier_dir": str(tmp_path / "classifier")}}  # trained once, then loaded
+    common = {"setting": "digits", "results_root": str(tmp_path / "results"),
+              "runs_root": str(tmp_path / "runs"), "num_eval": 100, "num_reference": 100}  # classifier: runs/.../cache
     for notebook, params in DIGITS_TINY.items():
-        pm.execute_notebook(str(ROOT / "notebooks" / f"{notebook}.ipynb"), str(tmp_path / f"{notebook}.ipynb"),
-                            parameters={**common, **params}, kernel_name="disback", cwd=str(ROOT / "notebooks"),
-                            progress_bar=False)
-        clean_notebook([str(tmp_path / f"{notebook}.ipynb")])
+        (tmp_path / f"{notebook}.yaml").write_text(yaml.safe_dump({**common, **params}))
+        run(ROOT / "notebooks" / f"{notebook}.ipynb", tmp_path / f"{notebook}.yaml", tmp_path / f"{notebook}.ipynb",
+            "smoke", cwd=ROOT / "notebooks")
         _check_clean(tmp_path / f"{notebook}.ipynb")
         record = json.loads((tmp_path / "results" / "smoke" / "metrics" / f"{notebook}__digits.json").read_text())
         assert record["status"] == "ok" and record["setting"] == "digits", notebook
@@ -81,6 +82,7 @@ def test_every_notebook_runs_on_digits_through_parameters(tmp_path, monkeypatch)
     teacher = json.loads((tmp_path / "results" / "smoke" / "metrics" / "01_teacher_setup__digits.json").read_text())
     assert teacher["primary"] == "fid" and teacher["summary"]["teacher"]["fid"] > 0
     assert "run 2/2 (seed 1) done" in log.read_text()
+    assert len(list((tmp_path / "runs" / "smoke" / "digits" / "cache").glob("digits*/classifier.json"))) == 1
 
 
 def test_notebook_setup_gives_folders_setting_records_and_outputs(tmp_path, capsys):

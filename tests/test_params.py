@@ -1,6 +1,8 @@
 """Papermill parameter files are checked against the notebook's parameters cell before any compute."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -142,3 +144,37 @@ def test_unparseable_parameter_line_is_reported(tmp_path):
     nbformat.write(nb, str(path))
     problems = params.check(path, {"a": 3})
     assert len(problems) == 1 and "'b'" in problems[0] and "cannot parse" in problems[0]
+
+
+# ---------------------------------------------------------------- disback.run_notebook: check, execute, scrub, move
+
+def test_run_notebook_checks_executes_scrubs_and_only_then_writes(notebook, tmp_path, capsys):
+    """One process does what `make reproduce` needs per notebook: a bad parameter file stops before any kernel
+    starts (one line per problem, nothing written); a good one runs with the profile injected, the executed copy
+    lands at OUT without machine paths; a failing cell returns 1 naming the cell and leaves no OUT."""
+    from disback import run_notebook
+
+    out, bad = tmp_path / "out" / "nb.ipynb", tmp_path / "bad.yaml"
+    bad.write_text("num_evals: 3\n")
+    with pytest.raises(SystemExit, match="num_evals: unknown parameter"):
+        run_notebook.run(notebook, bad, out, "smoke", cwd=tmp_path)
+    assert not out.exists()
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    repo = str(Path(run_notebook.__file__).resolve().parents[1])
+    nb.cells.append(nbformat.v4.new_code_cell("import pathlib, disback\n"
+                                              "print(pathlib.Path(disback.__file__).resolve().parents[1], profile)"))
+    nbformat.write(nb, str(notebook))
+    good = tmp_path / "good.yaml"
+    good.write_text("num_eval: 7\n")
+    assert run_notebook.main([str(notebook), str(good), str(out), "--profile", "cpu", "--cwd", str(tmp_path)]) == 0
+    text = out.read_text()
+    outputs = "".join("".join(o.get("text", "")) for c in json.loads(text)["cells"] for o in c.get("outputs", []))
+    assert "7\n" in outputs and "<repo> cpu" in outputs and repo not in text
+    assert not list(out.parent.glob(".*.tmp.ipynb"))
+
+    nb.cells.append(nbformat.v4.new_code_cell("raise RuntimeError('boom')"))
+    nbformat.write(nb, str(notebook))
+    out.unlink()
+    assert run_notebook.main([str(notebook), str(good), str(out), "--profile", "cpu", "--cwd", str(tmp_path)]) == 1
+    assert "RuntimeError: boom" in capsys.readouterr().err and not out.exists()

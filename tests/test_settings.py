@@ -107,3 +107,21 @@ def test_paper_settings_read_the_layout_make_download_writes(tmp_path, monkeypat
         assert p["teacher"] == download.teacher_dir(name) and p["fid_ref"] == download.fid_reference(name)
         assert p["inception"] == download.inception_weights()
         assert p["pickle"] in {download.asset_path(n) for n in download.load_manifest()}
+
+
+def test_cache_dir_reaches_only_settings_that_train_something(tmp_path):
+    """``load_setting(cache_dir=)``: digits keeps its classifier there (a second load reads it: same metric values,
+    no retraining), ring2d trains nothing and ignores it; an explicit ``classifier_dir`` wins."""
+    from disback.settings import load_setting
+
+    load_setting("ring2d", num_train=100, num_reference=50, cache_dir=tmp_path / "ring")
+    assert not (tmp_path / "ring").exists()
+    a = load_setting("digits", num_reference=50, cache_dir=tmp_path / "cache")
+    (saved,) = (tmp_path / "cache").glob("digits*/classifier.safetensors")
+    stamp = saved.stat().st_mtime_ns
+    b = load_setting("digits", num_reference=50, cache_dir=tmp_path / "cache")
+    assert saved.stat().st_mtime_ns == stamp and a.info == b.info
+    x = torch.rand(64, *a.data_shape) * 2 - 1
+    assert a.metric_fn(x, None) == b.metric_fn(x, None)
+    load_setting("digits", num_reference=50, cache_dir=tmp_path / "unused", classifier_dir=tmp_path / "own")
+    assert list((tmp_path / "own").glob("digits*/classifier.json")) and not (tmp_path / "unused").exists()
