@@ -87,10 +87,13 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
     idx = torch.randint(len(pairs["z"]), (config.batch,), generator=rng, device=rng.device).to(pairs["z"].device) \
         if config.reg_weight > 0 else None
     sigma, n, idx = parallel.shard(sigma, n, idx)
+    through = GRAD_THROUGH_DENOISERS.get(config.method, 0)  # the others evaluate both scores without a graph
     with parallel.autocast(config.bf16, z.device.type):
-        fake_score.requires_grad_(False)
+        if through:  # the gradient reaches x0 through the fake score: keep it out of the fake score's weights
+            fake_score.requires_grad_(False)
         loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
-        fake_score.requires_grad_(True)
+        if through:
+            fake_score.requires_grad_(True)
         if config.reg_weight > 0:  # DMD's regression toward the teacher's ODE output for the same noise.
             labels_p = None if pairs["labels"] is None else pairs["labels"][idx]
             err = (generator(pairs["z"][idx], labels_p) - pairs["x"][idx]) ** 2
@@ -100,8 +103,8 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     parallel.sync_grads(generator)
-    check_finite(torch.stack([p.grad.norm() for p in generator.parameters() if p.grad is not None]),
-                 step, "generator gradient", state_dir)
+    check_finite(torch.nn.utils.get_total_norm([p.grad for p in generator.parameters() if p.grad is not None]),
+                 step, "generator gradient", state_dir)  # one multi-tensor norm: finite iff every gradient is
     optimizer.step()
     return loss_all.item()
 
