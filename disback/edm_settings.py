@@ -8,6 +8,9 @@ is read (every loss here is data-free). Assets come from the cache folder ``make
 Option ``tiny=True`` (the notebooks' smoke scale): a tiny random network of the teacher's architecture at
 ``resolution`` pixels, a small random feature net in place of Inception and random images as the reference. Every
 code path runs in seconds with no asset; the numbers mean nothing.
+
+Option ``device`` (default the CPU): where the teacher and the feature extractor are put. The reference statistics
+are always the CPU's (read from the ``.npz``, or computed on the CPU at smoke scale), so they are the same everywhere.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ PAPER_ASSETS = {  # setting -> files under the cache folder: the downloaded pick
 LABEL_DIM = {"ffhq64": 0, "afhqv2_64": 0, "imagenet64": 1000}
 DESCRIPTION = {"ffhq64": "FFHQ 64x64, unconditional", "afhqv2_64": "AFHQv2 64x64, unconditional",
                "imagenet64": "ImageNet 64x64, class-conditional (1000 classes)"}
-OPTIONS = ("tiny", "resolution", "assets")
+OPTIONS = ("tiny", "resolution", "assets", "device")
+EVAL_BATCH = 250  # seeds per generator call in evaluate, and images per Inception batch (EDM's FID batch)
 
 
 def paper_asset_dir() -> Path:
@@ -80,10 +84,12 @@ class RandomFeatures(nn.Module):
 def _register(name: str) -> None:
     @register_setting(name)
     def build(num_train: int, num_reference: int, seed: int, tiny: bool = False, resolution: int = 16,
-              assets=None, **kw) -> Setting:
+              assets=None, device="cpu", **kw) -> Setting:
         if kw:
             raise ValueError(f"unknown option(s) {sorted(kw)} for setting {name!r}; allowed: {', '.join(OPTIONS)}")
-        return _tiny_setting(name, num_reference, seed, resolution) if tiny else _paper_setting(name, assets)
+        device = torch.device(device)
+        return _tiny_setting(name, num_reference, seed, resolution, device) if tiny else _paper_setting(name, assets,
+                                                                                                          device)
 
     build.__qualname__ = f"build_{name}"
 
@@ -99,7 +105,7 @@ def _fid_setting(name: str, extractor_fn, reference: dict, shape, teacher_fn, in
             cache.append(extractor_fn())
         return cache[0]
 
-    def metric_fn(samples: torch.Tensor, _labels=None, batch: int = 250) -> dict:
+    def metric_fn(samples: torch.Tensor, _labels=None, batch: int = EVAL_BATCH) -> dict:  # samples on any device
         stats = image_statistics((to_uint8(samples[i:i + batch]) for i in range(0, len(samples), batch)), extractor())
         return {"fid": frechet_distance(stats, reference)}
 
@@ -110,11 +116,12 @@ def _fid_setting(name: str, extractor_fn, reference: dict, shape, teacher_fn, in
             **info}
     stats = {k: torch.from_numpy(v) for k, v in reference.items()}  # tensors: runs are keyed by their digest
     return Setting(name, None, None, stats, None, metric_fn, "fid", info=info, shape=tuple(shape),
-                   classes=LABEL_DIM[name], teacher_fn=teacher_fn)
+                   classes=LABEL_DIM[name], teacher_fn=teacher_fn, eval_batch=EVAL_BATCH)
 
 
-def _paper_setting(name: str, assets=None) -> Setting:
-    """The real setting: converted EDM teacher, Inception, EDM's reference statistics (all from the cache folder)."""
+def _paper_setting(name: str, assets=None, device=torch.device("cpu")) -> Setting:
+    """The real setting: converted EDM teacher, Inception, EDM's reference statistics (all from the cache folder); the
+    teacher and Inception on ``device``."""
     from .checkpoint import ArtifactError
     from .inception import inception_extractor, reference_statistics
     from .teachers import load_teacher
@@ -125,22 +132,24 @@ def _paper_setting(name: str, assets=None) -> Setting:
                             f"(cache folder ${ASSETS_ENV}, now {Path(assets) if assets else paper_asset_dir()})")
     p = asset_paths(name, assets)
     reference = reference_statistics(p["fid_ref"])
-    return _fid_setting(name, lambda: inception_extractor(p["inception"], cuda=torch.cuda.is_available()), reference,
-                        (3, 64, 64), lambda: load_teacher(p["teacher"]),
+    return _fid_setting(name, lambda: inception_extractor(p["inception"], device=device), reference,
+                        (3, 64, 64), lambda: load_teacher(p["teacher"]).to(device),
                         {"metric": "Inception FID (pool3, 2048) vs EDM reference statistics",
                          "assets": {k: str(v) for k, v in p.items()}})
 
 
-def _tiny_setting(name: str, num_reference: int, seed: int, resolution: int) -> Setting:
-    """Smoke scale: tiny random teacher, random features, random reference images."""
+def _tiny_setting(name: str, num_reference: int, seed: int, resolution: int,
+                  device=torch.device("cpu")) -> Setting:
+    """Smoke scale: tiny random teacher, random features, random reference images; the teacher and the features made
+    on the CPU (the same weights everywhere), then put on ``device``."""
     from .inception import image_statistics
     from .networks.presets import random_edm_teacher
 
     g = torch.Generator().manual_seed(seed + 1)
     images = (torch.rand(max(num_reference, 2), 3, resolution, resolution, generator=g) * 255).to(torch.uint8)
     reference = image_statistics([images], RandomFeatures(seed))
-    return _fid_setting(name, lambda: RandomFeatures(seed), reference, (3, resolution, resolution),
-                        lambda: random_edm_teacher(name, "tiny", resolution, seed),
+    return _fid_setting(name, lambda: RandomFeatures(seed).to(device), reference, (3, resolution, resolution),
+                        lambda: random_edm_teacher(name, "tiny", resolution, seed).to(device),
                         {"metric": "smoke: random-feature FID vs random images (meaningless numbers)", "tiny": True,
                          "resolution": resolution})
 

@@ -80,15 +80,26 @@ def seeded_latents(seeds, data_shape, label_dim: int = 0):
     return z.clone(), None if labels is None else labels.clone()
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module's weights are (the CPU for a module without any)."""
+    return next(module.parameters(), torch.empty(0)).device
+
+
 @torch.no_grad()
-def generate(generator: nn.Module, seeds, data_shape, label_dim: int = 0, labels=None, batch: int = 4096):
-    """Samples G(z_i) for each seed i; labels drawn per seed unless given. Returns (samples, labels)."""
+def generate(generator: nn.Module, seeds, data_shape, label_dim: int = 0, labels=None, batch: int = 4096,
+             device="cpu"):
+    """Samples G(z_i) for each seed i; labels drawn per seed unless given. Returns (samples, labels).
+
+    The noise is drawn per seed on the CPU (sample i depends on seeds[i] alone, on any device) and goes to G's
+    device ``batch`` seeds at a time; the samples come back on ``device`` (default the CPU, so that 50k samples
+    never sit on a GPU at once), the labels where they were drawn or given."""
     z, seeded = seeded_latents(seeds, data_shape, label_dim if labels is None else 0)
     labels = seeded if labels is None else labels
+    where = module_device(generator)
     was_training = generator.training
     generator.eval()
-    out = torch.cat([generator(z[i:i + batch], None if labels is None else labels[i:i + batch])
-                     for i in range(0, len(z), batch)])
+    out = torch.cat([generator(z[i:i + batch].to(where), None if labels is None else labels[i:i + batch].to(where))
+                     .to(device) for i in range(0, len(z), batch)])
     generator.train(was_training)
     return out, labels
 

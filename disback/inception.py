@@ -25,8 +25,8 @@ PROTOCOLS = ("edm-min", "mean-std")  # EDM: min over seed sets (3 x 50k); SiD: m
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def inception_extractor(weights_path, feature_layer: str = "2048", cuda: bool = False):
-    """torch-fidelity's Inception-v3 with weights from a local file, first checked to hold only tensors."""
+def inception_extractor(weights_path, feature_layer: str = "2048", device="cpu"):
+    """torch-fidelity's Inception-v3 on ``device``, its weights from a local file first checked to hold only tensors."""
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise ArtifactError(f"missing Inception weights {weights_path}: run `make download` (it puts torch-fidelity's "
@@ -35,8 +35,8 @@ def inception_extractor(weights_path, feature_layer: str = "2048", cuda: bool = 
         torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - one line naming the file
         raise ArtifactError(f"{weights_path}: not a plain tensor file: {(str(e).splitlines() or [''])[0]}") from None
-    return create_feature_extractor(EXTRACTOR, [feature_layer], cuda=cuda, feature_extractor_weights_path=str(weights_path),
-                                    verbose=False)
+    return create_feature_extractor(EXTRACTOR, [feature_layer], cuda=False, verbose=False,
+                                    feature_extractor_weights_path=str(weights_path)).to(device)
 
 
 class FeatureMoments:

@@ -11,6 +11,11 @@ the published numbers (``paper/claims.yaml``, ``paper_scale``). Three modes:
   when an asset or the GPU is missing.
 
 When a run is pending every step returns at once, so a notebook's cells stay plain calls.
+
+Devices: ``start`` puts the teacher and the feature extractor on ``device`` ("auto": the GPU in mode "full", else the
+CPU); stages 1 and 2 train where the teacher is, and every sample is drawn there from per-seed noise made on the CPU
+(the same numbers on any device), ``batch`` seeds at a time, then measured on the extractor's device. Samples come
+back to the CPU chunk by chunk, so 50k of them never sit on the GPU; metrics are floats.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from .config import DegradeConfig, DistillConfig
 from .diffusion import EDM_TEACHER_SAMPLERS, edm_sampler, edm_stochastic_sampler, heun_nfe
 from .edm_settings import ASSETS_ENV, missing_assets, paper_asset_dir
 from .experiments import Paths, shared_path, shared_runs
-from .generator import generate, seeded_labels, seeded_noise
+from .generator import generate, module_device, seeded_labels, seeded_noise
 from .results import save_metrics, save_table
 from .settings import load_setting
 
@@ -32,7 +37,7 @@ NOTEBOOK = "07_paper_scale"  # one notebook, run once per setting
 NOTEBOOKS = dict.fromkeys(("ffhq64", "afhqv2_64", "imagenet64"), NOTEBOOK)
 MODES = ("tiny", "status", "full")
 CLAIMS = Path(__file__).resolve().parents[1] / "paper" / "claims.yaml"
-GPU_LOOPS = False  # whether train_arms / degradation run the loops on a GPU: not yet (they run where the tensors are)
+DEVICES = ("auto", "cpu", "cuda")  # start(device=...): "auto" = the GPU in mode "full", else the CPU (or "cuda:<i>")
 
 
 class PaperRunRefused(RuntimeError):
@@ -48,7 +53,8 @@ class PaperRun:
     paths: Paths
     pending: str | None       # why nothing runs here (mode "status"), else None
     setting: object = None    # the loaded Setting (None when pending)
-    teacher: object = None
+    teacher: object = None    # on ``device``: the stages train where it is
+    device: str = "cpu"       # where the teacher, the training and the feature extractor run
 
 
 def paper_needs(name: str, assets=None) -> list[str]:
@@ -58,15 +64,24 @@ def paper_needs(name: str, assets=None) -> list[str]:
              f"{', '.join(missing)})"] if missing else []
     if not torch.cuda.is_available():
         needs.append("a CUDA GPU")
-    if not GPU_LOOPS:
-        needs.append("stage 1 and 2 on the GPU (the loops take no device yet: the multi-GPU item of issue 14)")
     return needs
 
 
+def resolve_device(device: str, mode: str) -> str:
+    """``device`` of ``start``: "auto" is the GPU in mode "full" (when there is one), else the CPU."""
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise ValueError(f"device={device!r}: must be one of {DEVICES} or 'cuda:<index>'")
+    if device == "auto":
+        return "cuda" if mode == "full" and torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: this machine has no CUDA GPU; use 'cpu' or 'auto'")
+    return device
+
+
 def start(name: str, profile: str, mode: str, results_root, runs_root, resolution: int = 16, seed: int = 0,
-          num_reference: int = 64) -> PaperRun:
-    """The first cell: load the setting and its teacher; in mode "status" write the pending record instead; in mode
-    "full" raise ``PaperRunRefused`` (one line) when something is missing."""
+          num_reference: int = 64, device: str = "auto") -> PaperRun:
+    """The first cell: load the setting and its teacher on ``device`` (see ``resolve_device``); in mode "status"
+    write the pending record instead; in mode "full" raise ``PaperRunRefused`` (one line) when something is missing."""
     if name not in NOTEBOOKS:
         raise ValueError(f"setting={name!r}: must be one of {tuple(NOTEBOOKS)}")
     if mode not in MODES:
@@ -86,29 +101,42 @@ def start(name: str, profile: str, mode: str, results_root, runs_root, resolutio
                 "missing": run.pending, "needs": needs, "summary": {}, "figures": [], "tables": []})
             print(f"pending: {run.pending}")
             return run
-    run.setting = load_setting(name, seed=seed, num_reference=num_reference,
+    run.device = resolve_device(device, mode)
+    run.setting = load_setting(name, seed=seed, num_reference=num_reference, device=run.device,
                                **({"tiny": True, "resolution": resolution} if mode == "tiny" else {}))
     run.teacher = run.setting.teacher_fn()
     return run
 
 
-def teacher_fid(run: PaperRun, num_samples: int, num_steps: int = 0, seed_offset: int = 10 ** 6) -> dict | None:
+def _fid(run: PaperRun, sample_fn, seeds, batch: int) -> float:
+    """FID of ``sample_fn(seeds_chunk)`` (images in [-1, 1], any device) over ``seeds``, ``batch`` seeds at a time."""
+    from .inception import frechet_distance, sample_statistics
+
+    metric_fn = run.setting.metric_fn
+    return frechet_distance(sample_statistics(sample_fn, seeds, metric_fn.extractor(), batch), metric_fn.reference)
+
+
+def teacher_fid(run: PaperRun, num_samples: int, num_steps: int = 0, seed_offset: int = 10 ** 6,
+                batch: int = 250) -> dict | None:
     """FID of the teacher sampled as EDM reports it (Heun 40 steps, NFE 79; ImageNet: stochastic 256, NFE 511), or
-    with ``num_steps`` steps of the same sampler when it is not 0 (smoke scale)."""
+    with ``num_steps`` steps of the same sampler when it is not 0 (smoke scale); ``batch`` samples at a time."""
     if run.pending:
         return None
-    s = run.setting
-    seeds = range(seed_offset, seed_offset + num_samples)
+    s, device = run.setting, module_device(run.teacher)
     kind, kwargs = EDM_TEACHER_SAMPLERS[run.name]
     kwargs = {**kwargs, **({"num_steps": num_steps} if num_steps else {})}
-    noise, labels = seeded_noise(seeds, s.data_shape), seeded_labels(seeds, s.label_dim)
-    if kind == "heun":
-        x = edm_sampler(run.teacher, noise, labels, **kwargs)
-    else:  # per-seed churn noise, so sample i does not depend on the batch
-        x = edm_stochastic_sampler(run.teacher, noise, labels, generators=[torch.Generator().manual_seed(k + 17)
-                                                                           for k in seeds], **kwargs)
-    return {**s.metric_fn(x, None), "nfe": heun_nfe(kwargs["num_steps"]), "sampler": kind,
-            "num_samples": num_samples, "edm_nfe": not num_steps}
+
+    def sample(seeds):  # [len(seeds), *data_shape] on the teacher's device, from per-seed noise drawn on the CPU
+        noise, labels = seeded_noise(seeds, s.data_shape, device), seeded_labels(seeds, s.label_dim)
+        labels = None if labels is None else labels.to(device)
+        if kind == "heun":
+            return edm_sampler(run.teacher, noise, labels, **kwargs)
+        return edm_stochastic_sampler(run.teacher, noise, labels, generators=[  # per-seed churn noise (on the CPU)
+            torch.Generator().manual_seed(k + 17) for k in seeds], **kwargs)
+
+    fid = _fid(run, sample, range(seed_offset, seed_offset + num_samples), batch)
+    return {"fid": fid, "nfe": heun_nfe(kwargs["num_steps"]), "sampler": kind, "num_samples": num_samples,
+            "edm_nfe": not num_steps}
 
 
 def degradation(run: PaperRun, degrade_config: dict):
@@ -134,7 +162,8 @@ def train_arms(run: PaperRun, path, distill_config: dict, methods, share: float,
 
 def final_fid(run: PaperRun, arms: dict, seed_sets: int, num_samples: int, protocol: str = "edm-min",
               batch: int = 250) -> dict:
-    """One-step FID of each arm's final generator (first seed) over ``seed_sets`` disjoint sets of seeds."""
+    """One-step FID of each arm's final generator (first seed) over ``seed_sets`` disjoint sets of seeds, ``batch``
+    samples at a time on the generator's device."""
     if run.pending:
         return {}
     from .inception import fid_over_seed_sets
@@ -143,7 +172,7 @@ def final_fid(run: PaperRun, arms: dict, seed_sets: int, num_samples: int, proto
     sets = [range(k * num_samples, (k + 1) * num_samples) for k in range(seed_sets)]
     for arm, results in arms.items():
         gen = results[0].generator
-        out[arm] = fid_over_seed_sets(lambda seeds: generate(gen, seeds, s.data_shape, s.label_dim)[0],
+        out[arm] = fid_over_seed_sets(lambda seeds: generate(gen, seeds, s.data_shape, s.label_dim, batch=batch)[0],
                                       s.metric_fn.reference, s.metric_fn.extractor(), sets, protocol, batch)
     return out
 

@@ -39,6 +39,7 @@ class Setting:
     shape: tuple | None = None            # per-sample data shape of a data-free setting (else the training data's)
     classes: int | None = None            # number of classes of a data-free setting (0 = unconditional)
     teacher_fn: Callable | None = None    # () -> the setting's own teacher denoiser (paper settings: converted EDM)
+    eval_batch: int = 4096                # seeds per generator call in ``evaluate`` (paper settings: what fits a GPU)
 
     @property
     def data_shape(self) -> tuple:
@@ -51,9 +52,10 @@ class Setting:
         return 0 if self.train_labels is None else int(self.train_labels.max()) + 1
 
     def evaluate(self, model, num_samples: int, seed_offset: int = 10 ** 6) -> dict:
-        """Metrics of a one-step generator ``model`` on ``num_samples`` per-seed samples."""
+        """Metrics of a one-step generator ``model`` on ``num_samples`` per-seed samples: drawn on the model's device
+        ``eval_batch`` at a time, measured on the CPU copy (``metric_fn`` moves them to its own extractor)."""
         seeds = range(seed_offset, seed_offset + num_samples)
-        samples, labels = generate(model, seeds, self.data_shape, self.label_dim)
+        samples, labels = generate(model, seeds, self.data_shape, self.label_dim, batch=self.eval_batch)
         return self.metric_fn(samples, labels)
 
 

@@ -70,3 +70,42 @@ def test_cpu_profile_notebook_writes_its_status_record_through_papermill(tmp_pat
     assert rec["status"] == "pending" and rec["needs"]
     text = out.read_text().replace(str(tmp_path), "")
     assert str(ROOT) not in text and str(Path.home()) not in text
+
+
+def test_tiny_pipeline_runs_on_an_explicit_device(tiny_paper_pipeline):
+    """Notebook 07's cells with ``device="cpu"`` given: every network on it, every metric a finite float."""
+    import math
+
+    import torch
+
+    out = tiny_paper_pipeline("imagenet64", "cpu")
+    run = out["run"]
+    assert run.device == "cpu" and next(run.teacher.parameters()).device == torch.device("cpu")
+    assert next(run.setting.metric_fn.extractor().parameters()).device == torch.device("cpu")
+    assert isinstance(out["teacher"]["fid"], float) and math.isfinite(out["teacher"]["fid"])
+    for arm, results in out["arms"].items():
+        assert next(results[0].generator.parameters()).device == torch.device("cpu")
+        evals = [r["metrics"]["fid"] for r in results[0].log if "metrics" in r]
+        assert len(evals) == 3 and all(isinstance(v, float) and math.isfinite(v) for v in evals), arm
+        assert math.isfinite(out["final"][arm]["fid"]) and out["final"][arm]["num_samples"] == [6, 6]
+    assert json.loads(out["record"].read_text())["status"] == "ok"
+
+
+def test_device_auto_is_the_cpu_below_mode_full_and_a_missing_gpu_is_refused():
+    import torch
+
+    assert paper_runs.resolve_device("auto", "tiny") == "cpu" and paper_runs.resolve_device("cpu", "full") == "cpu"
+    assert paper_runs.resolve_device("auto", "full") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="must be one of"):
+        paper_runs.resolve_device("gpu", "tiny")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            paper_runs.resolve_device("cuda", "tiny")
+
+
+def test_paper_needs_only_the_assets_and_a_gpu(tmp_path):
+    import torch
+
+    needs = paper_runs.paper_needs("ffhq64", tmp_path)
+    assert len(needs) == (1 if torch.cuda.is_available() else 2) and "make download" in needs[0]
+    assert not any("loops" in n for n in needs)
