@@ -81,6 +81,11 @@ class _Costs:
         self.cost += self.per_update_cost
 
 
+def update_cost(config: DistillConfig) -> int:
+    """Forward-equivalent passes (all samples) of one generator update of ``config``, its fake-score steps included."""
+    return _Costs(config).per_update_cost
+
+
 @locks_run_dir
 def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | None = None,
             metric_fn: Callable[[torch.nn.Module], dict] | None = None, progress: bool = True,
@@ -99,7 +104,7 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     schedule = make_schedule(config, path)
     if config.backtrack or config.fake_from_path:
         _check_path(teacher, path, config)
-    real = _real_data(real_data, teacher, config)
+    real = as_real_data(real_data, teacher, config)
     if parallel.is_main():  # Parallel runs: see disback.parallel (global noise, averaged gradients, rank 0 writes).
         write_json(run_dir / "config.json", {**config.to_dict(), "schedule": {
             "nodes": list(schedule.nodes), "switch_steps": list(schedule.switch_steps)}})
@@ -192,7 +197,7 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     return DistillResult(eval_gen, fake, log.records, schedule, config, run_dir, gan.head if gan else None)
 
 
-def _real_data(real_data, teacher, config: DistillConfig) -> RealData | None:
+def as_real_data(real_data, teacher, config: DistillConfig) -> RealData | None:
     """The GAN term's real data as ``RealData`` (``None`` when the term is off), checked against the teacher."""
     if config.gan_weight == 0:
         return None
