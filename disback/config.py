@@ -27,7 +27,14 @@ def _fail(cls, name, value, allowed):
 
 
 class _Config:
-    """Shared validation and (de)serialisation for the config dataclasses."""
+    """Shared validation and (de)serialisation for the config dataclasses.
+
+    ``LATE_FIELDS`` names fields added after configs were already hashed and saved: ``to_dict`` (so ``hash`` and every
+    saved ``config.json``) leaves each out while it holds its default, so a config that does not use it keeps the hash
+    and the files it had before the field existed, and its checkpoints and shared runs still match.
+    """
+
+    LATE_FIELDS: typing.ClassVar[tuple] = ()
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -62,7 +69,12 @@ class _Config:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a dict, less the ``LATE_FIELDS`` that hold their default."""
+        d = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in self.LATE_FIELDS and d[f.name] == f.default:
+                del d[f.name]
+        return d
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -146,6 +158,15 @@ class DistillConfig(_Config):
     ckpt_every: int = 0      # generator updates between resumable checkpoints (0 = none)
     bf16: bool = False       # forward passes and losses under bfloat16 autocast; weights and optimizer stay float32
     seed: int = 0            # generator noise, labels and loss noise
+    # DMD2's GAN term (Yin et al. 2024, Sec. 4.3; off at 0): a discriminator head on the fake score's bottleneck
+    # features tells noisy real images (``distill(real_data=...)``) from noisy generated ones. DMD2's ImageNet-64
+    # weights are 3e-3 (generator) and 1e-2 (fake score) [their released ImageNet script: gen_cls_loss_weight,
+    # guidance_cls_loss_weight]. Their distribution-matching loss is a mean over the data dimensions, ours a sum
+    # (losses._surrogate), so DMD2's balance on the generator is gan_weight = 3e-3 * dim (dim = C * H * W).
+    gan_weight: float = 0.0  # weight of the generator's non-saturating GAN loss (0 = no GAN term, no head)
+    gan_weight_fake: float = 1e-2  # weight of the discriminator's loss added to the fake score's (when gan_weight > 0)
+
+    LATE_FIELDS = ("gan_weight", "gan_weight_fake")
 
     def _check(self):
         self._require("method", self.method in METHODS, f"one of {METHODS}")
@@ -154,7 +175,7 @@ class DistillConfig(_Config):
         self._require("ema", 0 <= self.ema < 1, "in [0, 1)")
         self._require("sigma_dist", self.sigma_dist in SIGMA_DISTS, f"one of {SIGMA_DISTS}")
         _positive(self, "reg_pairs", "reg_sigma_max")
-        for n in ("eval_every", "snapshot_every", "ckpt_every", "seed", "reg_weight"):
+        for n in ("eval_every", "snapshot_every", "ckpt_every", "seed", "reg_weight", "gan_weight", "gan_weight_fake"):
             self._require(n, getattr(self, n) >= 0, ">= 0")
         self._require("fake_from_path", not (self.fake_from_path and self.backtrack),
                       "False when backtrack=True (backtracking already starts the fake score at the last node)")

@@ -93,3 +93,22 @@ def load_digits(size: int = 8, seed: int = 0, held_out: float = 0.2):
         idx = (labels == c).nonzero().flatten()
         held[idx[torch.randperm(len(idx), generator=gen)[:round(held_out * len(idx))]]] = True
     return images[~held], labels[~held], images[held], labels[held]
+
+
+def load_image_npz(path) -> tuple:
+    """Real images from an ``.npz`` file for DMD2's GAN term: ``images`` uint8 ``[N, H, W, C]`` (as EDM's dataset
+    tool writes them) or ``[N, C, H, W]``, and optional int64 ``labels`` ``[N]``. Returns float ``[N, C, H, W]`` in
+    [-1, 1] (EDM's scaling, x / 127.5 - 1) and the labels or ``None``."""
+    import numpy as np
+
+    with np.load(path) as f:
+        if "images" not in f:
+            raise ValueError(f"{path}: needs an 'images' array (uint8 [N, H, W, C] or [N, C, H, W]); has {sorted(f)}")
+        images, labels = f["images"], f["labels"] if "labels" in f else None
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"{path}: 'images' must be uint8 [N, H, W, C] or [N, C, H, W]; got {images.dtype} "
+                         f"{images.shape}")
+    x = torch.from_numpy(images)
+    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    return x.float() / 127.5 - 1, None if labels is None else torch.from_numpy(labels).long()

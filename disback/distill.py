@@ -5,6 +5,9 @@ initialised from the path's last node. A baseline (``distill``) = the same loop 
 constant target and the fake score initialised from the teacher. The control arm (``fake_from_path``) starts
 the fake score at the path's last node as DisBack does but aims at the teacher from the first update: it
 separates the effect of the path from the effect of the fake score's starting point. Nothing else differs.
+
+DMD2's GAN term (``DistillConfig.gan_weight`` > 0, any arm) adds a discriminator head on the fake score's bottleneck,
+trained with the fake score on real images the caller passes as ``real_data``; see ``steps.GANTerm``.
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_
 from .config import DistillConfig
 from .diffusion import heun_nfe
 from .generator import EMA, frozen_copy, make_generator, trainable_copy
+from .networks.discriminator import make_discriminator_head
 from .path import DegradationPath, TargetSchedule
 from .progress import bar as progress_bar
 from .runlock import locks_run_dir
-from .steps import (BACKWARD, adam, COST_FAKE_STEP, NFE_FAKE_STEP, NFE_GEN_STEP, cost_gen_step, fake_score_step,
-                    generator_step, regression_pairs)
+from .steps import (BACKWARD, adam, COST_FAKE_STEP, COST_GAN_FAKE_STEP, COST_GAN_GEN_STEP, NFE_FAKE_STEP,
+                    NFE_GAN_FAKE_STEP, NFE_GAN_GEN_STEP, NFE_GEN_STEP, GANTerm, RealData, cost_gen_step,
+                    fake_score_step, generator_step, regression_pairs)
 
 SNAPSHOTS = "snapshots"  # generator weights kept every ``snapshot_every`` updates: snapshots/gen_<step>.safetensors
 
@@ -37,6 +42,7 @@ class DistillResult:
     schedule: TargetSchedule
     config: DistillConfig
     run_dir: Path
+    discriminator: torch.nn.Module | None = None  # DMD2's discriminator head (config.gan_weight > 0), else None
 
 
 def make_schedule(config: DistillConfig, path: DegradationPath | None) -> TargetSchedule:
@@ -62,8 +68,11 @@ class _Costs:
 
     def __init__(self, config: DistillConfig, nfe: int = 0, cost: int = 0):
         reg = 1 if config.reg_weight > 0 else 0  # the regression term runs G once more (forward + backward)
-        self.per_update_nfe = config.batch * (config.fake_steps * NFE_FAKE_STEP + NFE_GEN_STEP + reg)
-        self.per_update_cost = config.batch * (config.fake_steps * COST_FAKE_STEP + cost_gen_step(config.method)
+        gan = 1 if config.gan_weight > 0 else 0  # the GAN term's fake-score passes (steps.NFE_GAN_*)
+        self.per_update_nfe = config.batch * (config.fake_steps * (NFE_FAKE_STEP + gan * NFE_GAN_FAKE_STEP)
+                                              + NFE_GEN_STEP + gan * NFE_GAN_GEN_STEP + reg)
+        self.per_update_cost = config.batch * (config.fake_steps * (COST_FAKE_STEP + gan * COST_GAN_FAKE_STEP)
+                                               + cost_gen_step(config.method) + gan * COST_GAN_GEN_STEP
                                                + reg * (1 + BACKWARD))
         self.nfe, self.cost = nfe, cost
 
@@ -72,22 +81,30 @@ class _Costs:
         self.cost += self.per_update_cost
 
 
+def update_cost(config: DistillConfig) -> int:
+    """Forward-equivalent passes (all samples) of one generator update of ``config``, its fake-score steps included."""
+    return _Costs(config).per_update_cost
+
+
 @locks_run_dir
 def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | None = None,
             metric_fn: Callable[[torch.nn.Module], dict] | None = None, progress: bool = True,
-            probe_fn: Callable[..., dict] | None = None) -> DistillResult:
+            probe_fn: Callable[..., dict] | None = None, real_data=None) -> DistillResult:
     """Train a one-step generator from ``teacher`` by score distillation; resumes from ``run_dir`` if it holds a state.
 
     ``metric_fn(generator)`` is logged as ``metrics`` at step 0, every ``eval_every`` updates and at the end.
     ``probe_fn(generator=, fake=, target=, node=, step=, seed=)`` is logged as ``probe`` at the same steps: it sees the
     training internals (e.g. to measure the mismatch between the target's and the fake score). Neither may draw
     from the training RNG, so they never change the run.
+    ``real_data`` (a ``RealData``, an images tensor ``[N, *data_shape]`` or a pair (images, labels)) feeds DMD2's GAN
+    term and is required when ``config.gan_weight > 0`` (the cpu settings: ``Setting.train``, ``Setting.train_labels``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = make_schedule(config, path)
     if config.backtrack or config.fake_from_path:
         _check_path(teacher, path, config)
+    real = as_real_data(real_data, teacher, config)
     if parallel.is_main():  # Parallel runs: see disback.parallel (global noise, averaged gradients, rank 0 writes).
         write_json(run_dir / "config.json", {**config.to_dict(), "schedule": {
             "nodes": list(schedule.nodes), "switch_steps": list(schedule.switch_steps)}})
@@ -102,15 +119,21 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         path.load_node(path.num_nodes, fake)
     target = frozen_copy(teacher).to(device)
     ema = EMA(generator, config.ema) if config.ema > 0 else None
+    gan = None
+    if real is not None:  # DMD2's discriminator head, trained with the fake score by the same optimizer
+        head = make_discriminator_head(fake).train()
+        gan = GANTerm(head, real, config.gan_weight, config.gan_weight_fake, config.p_mean, config.p_std)
     opt_gen = adam(generator.parameters(), config.lr_gen)
-    opt_fake = adam(fake.parameters(), config.lr_fake)
-    modules = {"generator": generator, "fake": fake, **({"ema": ema.module} if ema else {})}
+    opt_fake = adam([*fake.parameters(), *gan.head.parameters()] if gan else fake.parameters(), config.lr_fake)
+    modules = {"generator": generator, "fake": fake, **({"ema": ema.module} if ema else {}),
+               **({"discriminator": gan.head} if gan else {})}
     optimizers = {"generator": opt_gen, "fake": opt_fake}
     pairs = regression_pairs(teacher, config.reg_pairs, config.reg_sigma_max) if config.reg_weight > 0 else None
     if pairs is not None:
         pairs = {k: None if v is None else v.to(device) for k, v in pairs.items()}
 
-    state = TrainingState(run_dir, f"{config.hash()}-{fingerprint(teacher)[:16]}")
+    key = f"{config.hash()}-{fingerprint(teacher)[:16]}" + (f"-{real.digest[:16]}" if gan else "")  # + real images
+    state = TrainingState(run_dir, key)
     meta = state.load(modules, optimizers, rng)
     parallel.barrier()  # every rank has read the state before the main process writes anything
     start = meta["step"] if meta else 0
@@ -152,15 +175,16 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         active = schedule.node_at(step)
         for _ in range(config.fake_steps):  # Update fake score (on detached generator samples).
             loss_fake = fake_score_step(fake, opt_fake, generator, config.batch, config.p_mean, config.p_std, rng,
-                                        done, run_dir, config.bf16)
-        loss_gen = generator_step(generator, opt_gen, target, fake, config, rng, done, run_dir, pairs)
+                                        done, run_dir, config.bf16, gan)
+        loss_gen = generator_step(generator, opt_gen, target, fake, config, rng, done, run_dir, pairs, gan)
         if ema:
             ema.update(generator)
         costs.update()
 
         # Log, evaluate, checkpoint.
         record = {"step": done, "node": active, "loss_gen": loss_gen, "loss_fake": loss_fake, "nfe": costs.nfe,
-                  "cost": costs.cost, **({"target_fingerprint": switched} if switched else {})}
+                  "cost": costs.cost, **({"target_fingerprint": switched} if switched else {}),
+                  **(gan.stats if gan else {})}
         if (config.eval_every and done % config.eval_every == 0) or done == config.iters:
             record.update(evaluate(done, active))
         log.write(record)
@@ -170,7 +194,26 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
             if parallel.is_main():
                 state.save(done, modules, optimizers, rng, {"nfe": costs.nfe, "cost": costs.cost})
     parallel.barrier()  # every rank returns once the main process has written everything
-    return DistillResult(eval_gen, fake, log.records, schedule, config, run_dir)
+    return DistillResult(eval_gen, fake, log.records, schedule, config, run_dir, gan.head if gan else None)
+
+
+def as_real_data(real_data, teacher, config: DistillConfig) -> RealData | None:
+    """The GAN term's real data as ``RealData`` (``None`` when the term is off), checked against the teacher."""
+    if config.gan_weight == 0:
+        return None
+    if real_data is None:
+        raise ValueError(f"gan_weight={config.gan_weight!r}: DMD2's GAN term needs real images; pass distill(..., "
+                         f"real_data=(images, labels)) (cpu settings: Setting.train, Setting.train_labels), or use "
+                         f"gan_weight=0")
+    real = real_data if isinstance(real_data, RealData) else RealData(*real_data) if isinstance(real_data, tuple) \
+        else RealData(real_data)
+    if tuple(real.x.shape[1:]) != tuple(teacher.data_shape):
+        raise ValueError(f"real_data: per-sample shape {tuple(real.x.shape[1:])} differs from the teacher's "
+                         f"{tuple(teacher.data_shape)}")
+    if bool(teacher.label_dim) != (real.labels is not None):
+        raise ValueError(f"real_data: labels {'missing' if real.labels is None else 'given'}, but the teacher has "
+                         f"label_dim={teacher.label_dim}")
+    return real
 
 
 def _switch_target(node: int, active: int, target, teacher, path) -> str | None:

@@ -13,7 +13,7 @@ import torch
 from .checkpoint import ArtifactError, fingerprint, tensor_digest, write_json
 from .config import DegradeConfig, DistillConfig
 from .diffusion import edm_sampler, heun_nfe
-from .distill import distill
+from .distill import as_real_data, distill
 from .generator import seeded_labels, seeded_noise
 from .path import DegradationPath
 from .settings import Setting
@@ -111,7 +111,7 @@ def _data_fingerprint(setting: Setting) -> str:
 
 def shared_runs(paths: Paths, teacher, setting: Setting, config: DistillConfig, seeds, num_eval: int,
                 path: DegradationPath | None = None, progress: bool = True, probe_fn=None,
-                probe_name: str | None = None) -> list:
+                probe_name: str | None = None, real_data=None) -> list:
     """``run_seeds`` in a folder named by everything the runs depend on, so notebooks share identical runs.
 
     The folder ``runs/<profile>/<setting>/distill/<key>`` is keyed by the config (seed aside), the teacher's and
@@ -119,24 +119,26 @@ def shared_runs(paths: Paths, teacher, setting: Setting, config: DistillConfig, 
     found there is loaded instead of retrained (bitwise the same result: runs are deterministic), an interrupted
     one resumes. A run with a ``probe_fn`` logs the probe too: with a ``probe_name`` (part of the key) it is shared
     like any other run, without one it is retrained from scratch so that the probe sees every step. The key is
-    also written to ``key.json`` there. Only the runs that need the path (backtracking, the control arm) key it.
+    also written to ``key.json`` there. Only the runs that need the path (backtracking, the control arm) key it;
+    only those with DMD2's GAN term (``config.gan_weight`` > 0) use and key ``real_data`` (see ``distill``).
     """
     if not config.backtrack:  # iters_per_node is unused without a path: do not let it split identical runs
         config = config.replace(iters_per_node=DistillConfig.iters_per_node)
     if not (config.backtrack or config.fake_from_path):
         path = None
+    real = as_real_data(real_data, teacher, config)
     config = config.replace(ckpt_every=config.ckpt_every or config.iters)  # a finished run keeps its final state
     key = {"config": config.replace(seed=0).to_dict(), "teacher": fingerprint(teacher),
            "path": None if path is None else {"config": path.config, "nodes": [n["sha256"] for n in path.nodes]},
            "data": _data_fingerprint(setting), "num_eval": int(num_eval), "code": code_fingerprint(),
-           **({"probe": probe_name} if probe_name else {})}
+           **({"probe": probe_name} if probe_name else {}), **({"real_data": real.digest} if real else {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     arm = "-disback" if config.backtrack else "-control" if config.fake_from_path else ""
     root = paths.runs / "distill" / f"{config.method}{arm}-{digest}"
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "key.json", key)
     return run_seeds(teacher, setting, config, seeds, root, num_eval, path, progress, probe_fn,
-                     fresh=probe_fn is not None and probe_name is None)
+                     fresh=probe_fn is not None and probe_name is None, real_data=real)
 
 
 def shared_path(paths: Paths, teacher, config: DegradeConfig, progress: bool = True) -> DegradationPath:
@@ -160,7 +162,8 @@ SHARED_RUN_WAIT = 3600.0  # seconds a notebook waits for another that trains the
 
 
 def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root: Path, num_eval: int,
-              path: DegradationPath | None = None, progress: bool = True, probe_fn=None, fresh: bool = False) -> list:
+              path: DegradationPath | None = None, progress: bool = True, probe_fn=None, fresh: bool = False,
+              real_data=None) -> list:
     """``distill`` once per seed (into ``run_root/seed<k>``); returns the per-seed ``DistillResult``s. ``fresh``
     retrains each seed from scratch (its folder emptied while holding the folder's lock)."""
     if (config.backtrack or config.fake_from_path) and path is None:
@@ -176,7 +179,7 @@ def run_seeds(teacher, setting: Setting, config: DistillConfig, seeds, run_root:
                 _empty_folder(run_dir)
             results.append(distill(teacher, config.replace(seed=int(seed)), run_dir, path=path,
                                    metric_fn=lambda g: setting.evaluate(g, num_eval), progress=progress,
-                                   probe_fn=probe_fn))
+                                   probe_fn=probe_fn, real_data=real_data))
         counter.step(f"seed {seed}")
     return results
 

@@ -15,7 +15,9 @@ import yaml
 
 from .config import DegradeConfig, DistillConfig
 from .diffusion import EDM_TEACHER_SAMPLERS, heun_nfe
-from .steps import COST_FAKE_STEP, cost_gen_step
+from .distill import update_cost
+from .paper_runs import GAN_ARM, METHOD_OPTIONS
+from .steps import COST_FAKE_STEP
 
 ASSUMED_FLOPS = 100e12  # FLOP/s sustained when nothing was measured: an assumption (about 10% of an H100's dense bf16 peak)
 NOTEBOOK, SETTINGS = "07_paper_scale", ("ffhq64", "afhqv2_64", "imagenet64")  # one notebook, run per setting
@@ -25,16 +27,17 @@ def passes(params: dict, setting: str) -> dict:
     """Forward-equivalent passes (all samples) of each part of one paper notebook."""
     deg = DegradeConfig.from_dict(params["degrade_config"])
     dist = DistillConfig.from_dict(params["distill_config"])
-    arms = {m: dist.replace(method=m) for m in params["methods"]}
+    arms = {m: dist.replace(method=m, **METHOD_OPTIONS.get(m, {})) for m in params["methods"]}
     arms["DisBack"] = dist.replace(method="diff_instruct", backtrack=True)
+    if params.get("gan_weight") and GAN_ARM in arms:  # DMD2's GAN term: its arm runs the fake score more
+        arms[GAN_ARM] = arms[GAN_ARM].replace(gan_weight=float(params["gan_weight"]))
     evals_per_arm = (dist.iters // dist.eval_every + 2 if dist.eval_every else 2) * params["num_eval"]
     steps = params.get("teacher_steps") or EDM_TEACHER_SAMPLERS[setting][1]["num_steps"]
     seeds = len(params["seeds"])
     out = {"stage 1": deg.iters * deg.batch * COST_FAKE_STEP,
            "teacher FID": params["teacher_samples"] * heun_nfe(steps)}
     for arm, c in arms.items():
-        per_update = c.batch * (c.fake_steps * COST_FAKE_STEP + cost_gen_step(c.method))
-        out[f"stage 2, {arm}"] = seeds * (c.iters * per_update + evals_per_arm)
+        out[f"stage 2, {arm}"] = seeds * (c.iters * update_cost(c) + evals_per_arm)
     out["final FID"] = len(arms) * params["final_seed_sets"] * params["final_samples"]
     return out
 

@@ -4,12 +4,17 @@ Every generator loss takes the generator's samples ``x0`` (with gradient), the n
 and noise ``n``, the target denoiser and the fake-score denoiser, and returns a per-sample loss whose
 gradient w.r.t. ``x0`` is the method's update direction. Scores enter through denoisers:
 s(x_t) = (D(x_t) - x_t) / sigma^2, so s_fake - s_target = (D_fake - D_target) / sigma^2.
+
+DMD2's optional GAN term (Yin et al. 2024, Sec. 4.3) is the non-saturating GAN loss of Goodfellow et al. 2014 on the
+logits of a discriminator head (``networks.discriminator``) over noisy real and noisy generated images.
 """
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .diffusion import denoising_loss, expand_sigma
+from .networks.discriminator import bottleneck_features
 
 
 def fake_score_loss(fake_score, x0: torch.Tensor, sigma: torch.Tensor, labels=None, generator=None,
@@ -62,3 +67,20 @@ def generator_loss(method: str, x0, sigma, n, labels, target, fake_score, sid_al
     if method not in GENERATOR_LOSSES:
         raise ValueError(f"method={method!r}: must be one of {tuple(GENERATOR_LOSSES)}")
     return GENERATOR_LOSSES[method](x0, sigma, n, labels, target, fake_score, alpha=sid_alpha)
+
+
+def discriminator_logits(fake_score, head, x0: torch.Tensor, sigma: torch.Tensor, n: torch.Tensor,
+                         labels=None) -> torch.Tensor:
+    """Logits ``[N]`` (real > 0) of the head on the fake score's bottleneck features of x_t = x0 + sigma n."""
+    x_t = x0 + expand_sigma(sigma, x0) * n
+    return head(bottleneck_features(fake_score, x_t, sigma, labels))
+
+
+def gan_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Per-sample discriminator loss -log sigmoid(l_real) - log(1 - sigmoid(l_fake)); log 2 each side at logit 0."""
+    return nn.functional.softplus(-logits_real) + nn.functional.softplus(logits_fake)
+
+
+def gan_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """Per-sample non-saturating generator loss -log sigmoid(l_fake) on the generator's own samples."""
+    return nn.functional.softplus(-logits_fake)

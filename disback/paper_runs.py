@@ -38,6 +38,10 @@ NOTEBOOKS = dict.fromkeys(("ffhq64", "afhqv2_64", "imagenet64"), NOTEBOOK)
 MODES = ("tiny", "status", "full")
 CLAIMS = Path(__file__).resolve().parents[1] / "paper" / "claims.yaml"
 DEVICES = ("auto", "cpu", "cuda")  # start(device=...): "auto" = the GPU in mode "full", else the CPU (or "cuda:<i>")
+GAN_ARM = "dmd2"  # the arm that takes DMD2's GAN term when train_arms gets gan_weight > 0
+# Per-method settings every paper-scale arm of that method takes, as its authors run it: DMD2's two time-scale
+# update rule, 5 fake-score updates per generator update (Yin et al. 2024; notebook 04 passes the same option).
+METHOD_OPTIONS = {"dmd2": {"fake_steps": 5}}
 
 
 class PaperRunRefused(RuntimeError):
@@ -145,19 +149,43 @@ def degradation(run: PaperRun, degrade_config: dict):
 
 
 def train_arms(run: PaperRun, path, distill_config: dict, methods, share: float, seeds, num_eval: int,
-               gan_weight: float = 0.0) -> dict:
+               gan_weight: float = 0.0, real_images: str = "") -> dict:
     """The baselines (``methods``, teacher as constant target) and DisBack (Diff-Instruct loss along ``path`` with
-    ``share`` of the updates on intermediate nodes); FID of ``num_eval`` samples every ``eval_every`` updates."""
-    if gan_weight:
-        raise NotImplementedError(f"gan_weight={gan_weight!r}: the DMD2-style GAN term is not implemented yet; use 0")
+    ``share`` of the updates on intermediate nodes); FID of ``num_eval`` samples every ``eval_every`` updates.
+
+    ``gan_weight`` > 0 adds DMD2's GAN term to the ``GAN_ARM`` ("dmd2", which must be in ``methods``) and to no other
+    arm: its config (and so its ``config.json`` and key) carries ``gan_weight``. The term trains on real images:
+    ``real_images``, an ``.npz`` of the dataset (``data.load_image_npz``), or else the setting's own training data
+    when it has some. The paper settings have none here: ``make download`` fetches no dataset images."""
+    if gan_weight and GAN_ARM not in methods:
+        raise ValueError(f"gan_weight={gan_weight!r}: DMD2's GAN term goes on the {GAN_ARM!r} arm; add it to methods "
+                         f"(now {list(methods)})")
     if run.pending:
         return {}
     base = DistillConfig.from_dict({**distill_config, "sigma_init": float(path.config["sigma_init"])})
     ipn = iters_per_node_for_share(share, path.num_nodes, base.iters)
-    configs = {m: base.replace(method=m) for m in methods}
+    configs = {m: base.replace(method=m, **METHOD_OPTIONS.get(m, {})) for m in methods}
     configs["DisBack"] = base.replace(method="diff_instruct", backtrack=True, iters_per_node=ipn)
-    return {arm: shared_runs(run.paths, run.teacher, run.setting, cfg, seeds, num_eval, path)
+    real = None
+    if gan_weight:
+        configs[GAN_ARM] = configs[GAN_ARM].replace(gan_weight=float(gan_weight))
+        real = _real_images(run, real_images, gan_weight)
+    return {arm: shared_runs(run.paths, run.teacher, run.setting, cfg, seeds, num_eval, path,
+                             real_data=real if cfg.gan_weight else None)
             for arm, cfg in configs.items()}
+
+
+def _real_images(run: PaperRun, real_images: str, gan_weight: float):
+    """The GAN term's real data: the ``real_images`` .npz, else the setting's training data; a clear error if none."""
+    if real_images:
+        from .data import load_image_npz
+
+        return load_image_npz(real_images)
+    if run.setting.train is not None:
+        return run.setting.train, run.setting.train_labels
+    raise ValueError(f"gan_weight={gan_weight!r}: DMD2's GAN term needs the real images of {run.name}, which this "
+                     f"repository does not download; pass real_images= an .npz of them (uint8 'images' [N, H, W, C], "
+                     f"optional 'labels'; see disback.data.load_image_npz), or use gan_weight=0")
 
 
 def final_fid(run: PaperRun, arms: dict, seed_sets: int, num_samples: int, protocol: str = "edm-min",

@@ -6,22 +6,77 @@ Stage 1 (``degrade.py``) is ``fake_score_step`` alone against the frozen G0; sta
 (``nfe``) and, for the compute figure, forward-equivalent passes with a backward pass counted as two forwards
 (``cost``): SiD back-propagates through both denoisers, the other losses through the generator alone.
 Every random draw comes from ``rng`` on that generator's device: a CUDA ``rng`` keeps a step on the GPU.
+
+DMD2's optional GAN term (``GANTerm``, off unless given) adds to each step: the fake-score step also trains a
+discriminator head on the fake score's bottleneck (noisy real vs noisy generated images), the generator step adds the
+non-saturating generator loss on the head's logits of its own noisy samples. Its draws come after all the others, so
+without it a step draws, and computes, exactly what it did before it existed.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from . import parallel
-from .checkpoint import check_finite
+from .checkpoint import check_finite, tensor_digest
 from .diffusion import edm_sampler, sample_generator_sigma, sample_sigma
 from .generator import seeded_labels, seeded_noise
-from .losses import fake_score_loss, generator_loss
+from .losses import discriminator_logits, fake_score_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
 
 BACKWARD = 2  # a backward pass costs about two forward passes
 # Forward evaluations per sample. Fake-score step: G and the fake score. Generator step: G, the fake score, the target.
 NFE_FAKE_STEP, NFE_GEN_STEP = 2, 3
 COST_FAKE_STEP = 1 + (1 + BACKWARD)  # G forward; fake score forward + backward
 GRAD_THROUGH_DENOISERS = {"sid": 2}  # losses whose gradient flows back through the fake score and the target
+# The GAN term's extra passes per sample: the fake-score step runs the fake score (forward + backward) on noisy real
+# and on noisy generated images; the generator step runs it once more on its noisy samples, back-propagating to them.
+NFE_GAN_FAKE_STEP, NFE_GAN_GEN_STEP = 2, 1
+COST_GAN_FAKE_STEP, COST_GAN_GEN_STEP = 2 * (1 + BACKWARD), 1 + BACKWARD
+
+
+class RealData:
+    """The real images (or vectors) of DMD2's GAN term: ``x`` ``[N, *data_shape]`` and optional ``labels`` ``[N]``
+    (int64). A batch is drawn uniformly with replacement from the run's ``rng``, so a run stays reproducible."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 2 or len(x) == 0:
+            raise ValueError(f"real_data: x must be a non-empty float tensor [N, ...]; got "
+                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+        if labels is not None and (labels.shape != (len(x),) or labels.dtype != torch.int64):
+            raise ValueError(f"real_data: labels must be int64 [{len(x)}]; got {labels.dtype} {tuple(labels.shape)}")
+        self.x, self.labels = x.float(), labels
+
+    @property
+    def digest(self) -> str:
+        """Content hash: part of a GAN run's checkpoint key, so a resume uses the same images."""
+        return tensor_digest(*([self.x] if self.labels is None else [self.x, self.labels]))
+
+    def draw(self, batch: int, rng: torch.Generator, device=None):
+        """``batch`` images ``[batch, *data_shape]`` and their labels (or ``None``), on ``device``."""
+        idx = torch.randint(len(self.x), (batch,), generator=rng, device=rng.device)
+        labels = None if self.labels is None else self.labels[idx.to(self.labels.device)].to(device)
+        idx = idx.to(self.x.device)
+        return self.x[idx].to(device), labels
+
+
+@dataclass
+class GANTerm:
+    """DMD2's GAN term as the steps use it: the discriminator head, the real data and the two weights."""
+    head: torch.nn.Module    # DiscriminatorHead on the fake score's bottleneck features
+    real: RealData
+    weight: float            # generator: weight of the non-saturating generator loss (DistillConfig.gan_weight)
+    weight_fake: float       # fake score: weight of the discriminator loss (DistillConfig.gan_weight_fake)
+    p_mean: float = -1.2     # ln(sigma) ~ N(p_mean, p_std^2): noise levels of the images both sides see
+    p_std: float = 1.2
+    stats: dict = field(default_factory=dict)  # the last step's GAN losses (global batch), for the run log
+
+
+def _noisy_draw(batch: int, shape, gan: GANTerm, rng: torch.Generator, device):
+    """Noise levels and unit noise for ``batch`` samples of per-sample ``shape``, global, on ``device``."""
+    sigma = sample_sigma(batch, gan.p_mean, gan.p_std, rng, device=rng.device).to(device)
+    n = torch.randn((batch, *shape), generator=rng, device=rng.device).to(device)
+    return sigma, n
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
@@ -51,8 +106,11 @@ def _device(module) -> torch.device:
 
 
 def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
-                    rng: torch.Generator, step: int, state_dir=None, bf16: bool = False) -> float:
-    """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss.
+                    rng: torch.Generator, step: int, state_dir=None, bf16: bool = False,
+                    gan: GANTerm | None = None) -> float:
+    """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss. With
+    ``gan``, the discriminator loss (weight ``gan.weight_fake``) trains the head and the fake score with it; the
+    returned loss stays the score-matching one and the GAN loss goes to ``gan.stats``.
 
     ``batch`` is global: every process draws the whole batch's noise and keeps its rows (``disback.parallel``)."""
     z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
@@ -66,17 +124,33 @@ def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float,
         loss = fake_score_loss(fake_score, x0, sigma, labels, noise=n)
     loss_all = parallel.mean(loss.detach())  # the global batch's loss, the same on every process
     check_finite(loss_all, step, "fake-score loss", state_dir)
+    if gan is not None:  # DMD2's discriminator: noisy real vs noisy generated images, each at its own noise level.
+        sigma_g, n_g = parallel.shard(*_noisy_draw(batch, x0.shape[1:], gan, rng, x0.device))
+        x_r, labels_r = gan.real.draw(batch, rng, x0.device)
+        sigma_r, n_r = _noisy_draw(batch, x0.shape[1:], gan, rng, x0.device)
+        x_r, labels_r, sigma_r, n_r = parallel.shard(x_r, labels_r, sigma_r, n_r)
+        with parallel.autocast(bf16, z.device.type):
+            loss_d = gan_discriminator_loss(
+                discriminator_logits(fake_score, gan.head, x_r, sigma_r, n_r, labels_r),
+                discriminator_logits(fake_score, gan.head, x0.detach(), sigma_g, n_g, labels)).mean()
+        loss_d_all = parallel.mean(loss_d.detach())
+        check_finite(loss_d_all, step, "discriminator loss", state_dir)
+        gan.stats["loss_disc"] = loss_d_all.item()
+        loss = loss + gan.weight_fake * loss_d
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     parallel.sync_grads(fake_score)
+    if gan is not None:
+        parallel.sync_grads(gan.head)
     optimizer.step()
     return loss_all.item()
 
 
 def generator_step(generator, optimizer, target, fake_score, config, rng: torch.Generator, step: int,
-                   state_dir=None, pairs=None) -> float:
+                   state_dir=None, pairs=None, gan: GANTerm | None = None) -> float:
     """One score-distillation update of ``generator`` toward ``target`` (Diff-Instruct / DMD / SiD), plus DMD's
-    regression on ``pairs`` when ``config.reg_weight > 0``; returns the loss. ``config.batch`` is global."""
+    regression on ``pairs`` when ``config.reg_weight > 0`` and DMD2's GAN generator loss (weight ``gan.weight``) with
+    ``gan``; returns the whole loss (the GAN part also goes to ``gan.stats``). ``config.batch`` is global."""
     z, labels = draw_latents(config.batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
     z, labels = parallel.shard(z, labels)
     with parallel.autocast(config.bf16, z.device.type):
@@ -87,12 +161,22 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
     idx = torch.randint(len(pairs["z"]), (config.batch,), generator=rng, device=rng.device).to(pairs["z"].device) \
         if config.reg_weight > 0 else None
     sigma, n, idx = parallel.shard(sigma, n, idx)
-    through = GRAD_THROUGH_DENOISERS.get(config.method, 0)  # the others evaluate both scores without a graph
+    if gan is not None:
+        sigma_g, n_g = parallel.shard(*_noisy_draw(config.batch, x0.shape[1:], gan, rng, x0.device))
+    # The gradient reaches x0 through the fake score (SiD, the GAN term): keep it out of the fake score's weights.
+    # The other losses evaluate both scores without a graph, so nothing is toggled for them.
+    freeze = bool(GRAD_THROUGH_DENOISERS.get(config.method, 0)) or gan is not None
     with parallel.autocast(config.bf16, z.device.type):
-        if through:  # the gradient reaches x0 through the fake score: keep it out of the fake score's weights
+        if freeze:
             fake_score.requires_grad_(False)
         loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()
-        if through:
+        if gan is not None:  # DMD2's non-saturating generator loss; the head and the fake score stay fixed.
+            gan.head.requires_grad_(False)
+            loss_g = gan_generator_loss(discriminator_logits(fake_score, gan.head, x0, sigma_g, n_g, labels)).mean()
+            gan.head.requires_grad_(True)
+            gan.stats["loss_gan"] = parallel.mean(loss_g.detach()).item()
+            loss = loss + gan.weight * loss_g
+        if freeze:
             fake_score.requires_grad_(True)
         if config.reg_weight > 0:  # DMD's regression toward the teacher's ODE output for the same noise.
             labels_p = None if pairs["labels"] is None else pairs["labels"][idx]

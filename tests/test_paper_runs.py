@@ -33,8 +33,30 @@ def test_paper_mode_refuses_in_one_line_without_assets(tmp_path, monkeypatch):
         paper_runs.start("ffhq64", "paper", "full", tmp_path / "results", tmp_path / "runs")
     msg = str(e.value)
     assert "\n" not in msg and "make download" in msg and "fid-refs/ffhq-64x64.npz" in msg and str(tmp_path) in msg
-    with pytest.raises(NotImplementedError, match="GAN term"):
-        paper_runs.train_arms(None, None, {}, [], 0.1, [0], 4, gan_weight=0.1)
+    with pytest.raises(ValueError, match="GAN term goes on the 'dmd2' arm"):
+        paper_runs.train_arms(None, None, {}, ["diff_instruct"], 0.1, [0], 4, gan_weight=0.1)
+
+
+def test_tiny_run_puts_the_gan_term_on_the_dmd2_arm_only(tmp_path):
+    """Mode tiny (random EDM nets, no training data): the term needs real images, from an .npz; the dmd2 arm's config
+    (and so its record) carries gan_weight, the other arms do not."""
+    import numpy as np
+
+    run = paper_runs.start("ffhq64", "smoke", "tiny", tmp_path / "results", tmp_path / "runs", resolution=8)
+    path = paper_runs.degradation(run, {"iters": 2, "num_nodes": 2, "batch": 2, "lr": 1e-5})
+    cfg = {"iters": 2, "batch": 2, "lr_gen": 1e-5, "lr_fake": 1e-5, "eval_every": 0}
+    with pytest.raises(ValueError, match="which this repository does not download; pass real_images="):
+        paper_runs.train_arms(run, path, cfg, ["dmd2"], 0.5, [0], 2, gan_weight=0.1)
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "real.npz", images=images)
+    arms = paper_runs.train_arms(run, path, cfg, ["diff_instruct", "dmd2"], 0.5, [0], 2, gan_weight=0.1,
+                                 real_images=str(tmp_path / "real.npz"))
+    weights = {arm: results[0].config.gan_weight for arm, results in arms.items()}
+    assert weights == {"diff_instruct": 0.0, "dmd2": 0.1, "DisBack": 0.0}
+    saved = json.loads((arms["dmd2"][0].run_dir / "config.json").read_text())
+    assert saved["gan_weight"] == 0.1 and "gan_weight" not in json.loads(
+        (arms["DisBack"][0].run_dir / "config.json").read_text())
+    assert arms["dmd2"][0].discriminator is not None and "loss_disc" in arms["dmd2"][0].log[-1]
 
 
 def test_gpu_hours_count_every_part_and_prefer_a_measured_time(tmp_path):
@@ -109,3 +131,14 @@ def test_paper_needs_only_the_assets_and_a_gpu(tmp_path):
     needs = paper_runs.paper_needs("ffhq64", tmp_path)
     assert len(needs) == (1 if torch.cuda.is_available() else 2) and "make download" in needs[0]
     assert not any("loops" in n for n in needs)
+
+
+def test_gpu_hours_count_the_gan_term_on_its_arm():
+    params = yaml.safe_load((ROOT / "params" / "paper" / "07_paper_scale__imagenet64.yaml").read_text())
+    params["methods"] = ["diff_instruct", "dmd2"]
+    off, on = passes(params, "imagenet64"), passes({**params, "gan_weight": 0.1}, "imagenet64")
+    c = params["distill_config"]
+    fake_steps = paper_runs.METHOD_OPTIONS["dmd2"]["fake_steps"]  # DMD2's 5, as train_arms runs the arm
+    extra = len(params["seeds"]) * c["iters"] * c["batch"] * (fake_steps * 2 * 3 + 3)
+    assert on["stage 2, dmd2"] - off["stage 2, dmd2"] == extra
+    assert {k: v for k, v in on.items() if k != "stage 2, dmd2"} == {k: v for k, v in off.items() if k != "stage 2, dmd2"}
