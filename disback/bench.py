@@ -275,12 +275,14 @@ def bench_lines(results_dir: Path, profile: str, root: Path) -> list[str]:
     if not f.is_file():
         return lines + [f"Profile `{profile}`: not run: `make bench`."]
     r, m = read_json(f), read_json(f)["machine"]
-    repro = Path(results_dir) / profile / REPRODUCE_TIME  # the reproduce history as it is now, not at bench time
-    if repro.is_file():
-        r["make_reproduce"] = read_json(repro)["runs"]
-    test = Path(results_dir) / TEST_TIME  # likewise the last `make test` on this checkout, where one was recorded
-    if test.is_file():
-        r["make_test"] = read_json(test)
+    # The wall times as they are now, not at bench time: the notebooks of the last `make reproduce`, its history, and
+    # the last `make test` on this checkout (each where one was recorded).
+    live = wall_times(Path(results_dir), profile)
+    r["notebooks"] = live["notebooks"] or r.get("notebooks", {})
+    if live["make_reproduce"]:
+        r["make_reproduce"] = live["make_reproduce"]
+    if "missing" not in live["make_test"]:
+        r["make_test"] = live["make_test"]
     lines += [f"The cost figures are ratios of two CPU timings taken in one process (`python -m disback.bench`, "
               f"{r['date']}, profile `{r['profile']}`, setting `{r['setting']}`) on {m['platform']}, "
               f"{m['cpu_count']} CPUs (1-min load {m['load_average_1min']}), torch {m['torch']}, {m['threads']} "
