@@ -39,7 +39,8 @@ def node_rows(path: DegradationPath, teacher, setting, g0: tuple, num_eval: int,
         row = {"node": i, "stage1_step": path.steps[i], "loss_on_data": dsm_loss(node_net, real, real_labels),
                "loss_on_G0": dsm_loss(node_net, *g0)}
         if setting.exact is not None:
-            row.update({f"score_err_s{s}": e for s, e in score_error(node_net, setting.exact, real, [0.1, 1.0]).items()})
+            errors = score_error(node_net, setting.exact, real, [0.1, 1.0], seed=0)  # the same noise for every node
+            row.update({f"score_err_s{s}": e for s, e in errors.items()})
         rows.append({**row, **{f"samples_{k}": v for k, v in setting.metric_fn(samples, labels).items()}})
     return rows, samples_per_node
 

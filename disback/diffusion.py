@@ -163,7 +163,7 @@ EDM_TEACHER_SAMPLERS = {
 }
 
 
-def sample_teacher(denoiser, noise: torch.Tensor, setting: str, labels=None, generators=None) -> torch.Tensor:
+def sample_edm_teacher(denoiser, noise: torch.Tensor, setting: str, labels=None, generators=None) -> torch.Tensor:
     """Samples of an EDM teacher with the sampler and settings EDM reports for ``setting`` (EDM_TEACHER_SAMPLERS)."""
     if setting not in EDM_TEACHER_SAMPLERS:
         raise ValueError(f"setting={setting!r}: must be one of {tuple(EDM_TEACHER_SAMPLERS)}")

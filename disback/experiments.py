@@ -70,7 +70,8 @@ def load_stage(paths: Paths):
 
 @torch.no_grad()
 def sample_teacher(denoiser, setting: Setting, num: int, steps: int, sigma_max: float, seed_offset: int = 10 ** 6):
-    """Heun samples of a (multi-step) denoiser with per-seed noise; returns (samples, labels, nfe)."""
+    """Heun samples of a (multi-step) denoiser with per-seed noise; returns (samples, labels, nfe). (EDM's own
+    samplers at the paper's NFE are ``diffusion.sample_edm_teacher``.)"""
     seeds = range(seed_offset, seed_offset + num)
     labels = seeded_labels(seeds, setting.label_dim)
     x = edm_sampler(denoiser, seeded_noise(seeds, setting.data_shape), labels, num_steps=steps, sigma_max=sigma_max)

@@ -66,11 +66,13 @@ def sample_metrics_2d(samples, reference, mixture) -> dict:
 
 
 @torch.no_grad()
-def score_error(denoiser, exact, x0: torch.Tensor, sigmas, generator=None) -> dict:
-    """Relative score error E||s_model - s_exact||^2 / E||s_exact||^2 at each sigma, on x0 + sigma n."""
+def score_error(denoiser, exact, x0: torch.Tensor, sigmas, seed: int = 0) -> dict:
+    """Relative score error E||s_model - s_exact||^2 / E||s_exact||^2 at each sigma, on x0 + sigma n with noise n
+    seeded by ``seed`` (not the global RNG: the same inputs give the same number, comparable across nets)."""
+    g = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in sigmas:
-        x = x0 + sigma * torch.randn(x0.shape, generator=generator)
+        x = x0 + sigma * torch.randn(x0.shape, generator=g)
         s_exact = exact.score(x, sigma) if hasattr(exact, "score") else model_score(exact, x, sigma)
         s_model = model_score(denoiser, x, sigma)
         out[float(sigma)] = float(((s_model - s_exact) ** 2).sum(1).mean() / (s_exact ** 2).sum(1).mean())

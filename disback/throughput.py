@@ -163,7 +163,7 @@ def measure_sampling(teacher, setting: str, batch: int, precision: str, device: 
     """Samples per second of a one-step generator (the teacher's network, one evaluation) against the teacher's own
     sampler at EDM's settings for ``setting`` (``diffusion.EDM_TEACHER_SAMPLERS``: NFE 79 or 511), same network,
     same batch; the sampler runs once (timed) after one untimed call of each."""
-    from .diffusion import EDM_TEACHER_SAMPLERS, heun_nfe, sample_teacher
+    from .diffusion import EDM_TEACHER_SAMPLERS, heun_nfe, sample_edm_teacher
 
     kind, kwargs = EDM_TEACHER_SAMPLERS[setting]
     nfe = heun_nfe(kwargs["num_steps"])
@@ -177,7 +177,7 @@ def measure_sampling(teacher, setting: str, batch: int, precision: str, device: 
         t_one = _timed(one, repeats, 1, 60.0, device)["s_per_update"]
         teacher_kwargs = {"generators": [torch.Generator().manual_seed(i) for i in range(batch)]} \
             if kind == "stochastic" else {}
-        many = lambda: sample_teacher(teacher, noise, setting, labels, **teacher_kwargs)  # noqa: E731
+        many = lambda: sample_edm_teacher(teacher, noise, setting, labels, **teacher_kwargs)  # noqa: E731
         t_many = _timed(many, 1, 0, 600.0, device)["s_per_update"]
     del onestep
     return {"setting": setting, "precision": precision, "batch": batch, "sampler": kind, "teacher_nfe": nfe,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from disback.checkpoint import ArtifactError, load_module
-from disback.diffusion import edm_sampler, edm_stochastic_sampler, sample_teacher
+from disback.diffusion import edm_sampler, edm_stochastic_sampler, sample_edm_teacher
 from disback.networks import DhariwalUNet, EDMDenoiser, SongUNet, VPDenoiser, build_edm_denoiser
 from disback.networks.edm import Conv2d, PositionalEmbedding
 
@@ -120,14 +120,14 @@ class _GaussianTeacher(nn.Module):
 def test_teacher_samplers_at_the_papers_nfe():
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
     heun = _GaussianTeacher()
-    x = sample_teacher(heun, noise, "ffhq64")
+    x = sample_edm_teacher(heun, noise, "ffhq64")
     assert heun.calls == 79  # EDM: 40 Heun steps, NFE 79
     exact = noise * 80 * 0.5 / math.sqrt(80 ** 2 + 0.25)  # the probability-flow ODE maps sigma_max to 0 this way
     assert float((x / exact - 1).abs().max()) < 0.015  # Heun is second order: 1% at 40 steps on this ODE
 
     stoch = _GaussianTeacher()
     torch.manual_seed(0)  # churn noise from the global RNG here; per-sample generators are checked below
-    y = sample_teacher(stoch, noise, "imagenet64")
+    y = sample_edm_teacher(stoch, noise, "imagenet64")
     assert stoch.calls == 511  # EDM ImageNet-64: 256 stochastic steps, NFE 511
     assert abs(float(y.std()) - 0.5) < 0.03 and not torch.allclose(y, x, atol=1e-2)
     # Sample i's churn noise comes from its own generator: the same sample alone gives the same result.
@@ -140,4 +140,4 @@ def test_teacher_samplers_at_the_papers_nfe():
     torch.testing.assert_close(edm_stochastic_sampler(_GaussianTeacher(), noise[:8], num_steps=16, S_churn=0),
                                edm_sampler(_GaussianTeacher(), noise[:8], num_steps=16), rtol=0, atol=0)
     with pytest.raises(ValueError, match="setting='cifar10'"):
-        sample_teacher(heun, noise, "cifar10")
+        sample_edm_teacher(heun, noise, "cifar10")

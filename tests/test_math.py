@@ -122,6 +122,22 @@ def test_denoising_loss_weight_and_score_relation(gaussian):
     assert loss.shape == (10,) and torch.isfinite(loss).all() and not math.isnan(loss.sum().item())
 
 
+def test_score_error_draws_its_noise_from_its_seed_not_the_global_rng(gaussian):
+    """The score error is a function of its inputs: advancing torch's global RNG in between changes nothing."""
+    from disback.metrics import score_error
+
+    x0 = gaussian.sample(500, torch.Generator().manual_seed(0))
+    model, sigmas = Shifted(gaussian, 0.05), [0.1, 1.0]
+    torch.manual_seed(0)
+    first = score_error(model, gaussian, x0, sigmas, seed=3)
+    torch.manual_seed(1)
+    torch.randn(1000)
+    assert score_error(model, gaussian, x0, sigmas, seed=3) == first  # bitwise
+    assert score_error(model, gaussian, x0, sigmas, seed=4) != first  # the seed is what picks the noise
+    assert all(v == 0 for v in score_error(gaussian, gaussian, x0, sigmas).values())  # exact score: no error
+    assert all(v > 0 for v in first.values())
+
+
 def test_foreach_adam_is_bitwise_the_single_tensor_adam():
     """The loops' Adam (``steps.adam``, multi-tensor) takes exactly the default implementation's steps on CPU."""
     from disback.networks import build_backbone

@@ -83,3 +83,17 @@ def test_schedule_panel_has_plain_speedup_and_share_labels():
     assert not _texts(ax.get_yticklabels(minor=True))
     assert len(ax.get_legend().get_texts()) == 3
     plt.close(fig)
+
+
+def test_notebooks_set_log_axes_through_the_plain_number_helpers():
+    """A log axis in a notebook goes through ``log_axis``/``ratio_axis``/``share_axis`` (plain tick labels), never
+    matplotlib's own log scale, whose labels read 10^x."""
+    import json
+    import re
+    from pathlib import Path
+
+    raw_log = re.compile(r"loglog\(|semilog[xy]\(|[xy]scale\s*=\s*[\"']log|set_[xy]scale\(")
+    for nb in sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            source = "".join(cell["source"])
+            assert not raw_log.search(source), f"{nb.name}: a raw log axis; use plots.log_axis (plain numbers)"
