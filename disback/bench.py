@@ -308,13 +308,16 @@ def _commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def record_reproduce_time(results: Path, profile: str, seconds: float, rc: int, from_empty: bool, jobs: int) -> Path:
-    """Append one ``make reproduce`` (its notebooks' wall time) to ``results/<profile>/reproduce_time.json``."""
+def record_reproduce_time(results: Path, profile: str, seconds: float, rc: int, from_empty: bool, jobs: int,
+                          commit: str | None = None, finished: str | None = None, note: str | None = None) -> Path:
+    """Append one ``make reproduce`` (its notebooks' wall time) to ``results/<profile>/reproduce_time.json``.
+    ``commit``, ``finished`` and ``note`` enter a run after the fact (default: HEAD and now, no note)."""
     out = Path(results) / profile / REPRODUCE_TIME
     history = read_json(out)["runs"] if out.is_file() else []
     history.append({"seconds": seconds, "passed": rc == 0, "from_empty_runs": from_empty, "jobs": jobs,
-                    "commit": _commit(), "machine": machine(),
-                    "finished": datetime.datetime.now().isoformat(timespec="seconds")})
+                    "commit": commit or _commit(), "machine": machine(),
+                    "finished": finished or datetime.datetime.now().isoformat(timespec="seconds"),
+                    **({"note": note} if note else {})})
     write_json(out, {"runs": history})
     return out
 
@@ -340,11 +343,14 @@ def main(argv=None) -> None:
                     help="only append `make reproduce`'s wall time (with --test-rc, --from-empty, --jobs) and exit")
     ap.add_argument("--from-empty", type=int, default=0, help="1 when runs/<profile>/ held no finished run at the start")
     ap.add_argument("--jobs", type=int, default=2, help="make's -j for the recorded reproduce")
+    ap.add_argument("--commit", default=None, help="with --record-reproduce-time: the run's commit (default HEAD)")
+    ap.add_argument("--finished", default=None, help="with --record-reproduce-time: when it ended (default now)")
+    ap.add_argument("--note", default=None, help="with --record-reproduce-time: a note kept with the entry")
     args = ap.parse_args(argv)
     root = Path.cwd()
     if args.record_reproduce_time is not None:
         out = record_reproduce_time(Path(args.results), args.profile, args.record_reproduce_time, args.test_rc,
-                                    bool(args.from_empty), args.jobs)
+                                    bool(args.from_empty), args.jobs, args.commit, args.finished, args.note)
         print(f"wrote {out}")
         return
     if args.record_test_time is not None:

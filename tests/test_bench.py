@@ -108,3 +108,25 @@ def test_reproduce_times_accumulate_and_show_the_latest_first(tmp_path):
                                          **bench.wall_times(tmp_path, "smoke")}) if "make reproduce" in r[0]]
     assert rows[0][1] == "15.0 min" and "reusing finished runs" in rows[0][2]
     assert "earlier run 1" in rows[1][0] and rows[1][1] == "33.3 min" and "from empty runs/" in rows[1][2]
+
+
+def test_make_reproduce_records_its_time_unless_dry():
+    """The Makefile's DRY_RUN guard is empty on a real run (a trailing blank once made it non-empty, and then no
+    `make reproduce` was recorded in reproduce_time.json at all)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["make", "-s", "--no-print-directory", "-f", "Makefile", "-f", "-", "show-dry-run"],
+                         input='show-dry-run:\n\t@echo "[$(DRY_RUN)]"\n', text=True, capture_output=True, cwd=root,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_reproduce_entered_after_the_fact_keeps_its_commit_time_and_note(tmp_path):
+    from disback.bench import record_reproduce_time
+
+    f = record_reproduce_time(tmp_path, "cpu", 1990.0, 0, True, 2, commit="abc1234", finished="2026-11-27T03:37:40",
+                              note="entered from make's printed total")
+    (run,) = json.loads(f.read_text())["runs"]
+    assert (run["commit"], run["finished"], run["note"], run["seconds"]) == (
+        "abc1234", "2026-11-27T03:37:40", "entered from make's printed total", 1990.0)
