@@ -16,7 +16,7 @@ import yaml
 from .config import DegradeConfig, DistillConfig
 from .diffusion import EDM_TEACHER_SAMPLERS, heun_nfe
 from .distill import update_cost
-from .paper_runs import GAN_ARM, METHOD_OPTIONS
+from .paper_runs import arm_configs
 from .steps import COST_FAKE_STEP
 
 ASSUMED_FLOPS = 100e12  # FLOP/s sustained when nothing was measured: an assumption (about 10% of an H100's dense bf16 peak)
@@ -27,10 +27,7 @@ def passes(params: dict, setting: str) -> dict:
     """Forward-equivalent passes (all samples) of each part of one paper notebook."""
     deg = DegradeConfig.from_dict(params["degrade_config"])
     dist = DistillConfig.from_dict(params["distill_config"])
-    arms = {m: dist.replace(method=m, **METHOD_OPTIONS.get(m, {})) for m in params["methods"]}
-    arms["DisBack"] = dist.replace(method="diff_instruct", backtrack=True)
-    if params.get("gan_weight") and GAN_ARM in arms:  # DMD2's GAN term: its arm runs the fake score more
-        arms[GAN_ARM] = arms[GAN_ARM].replace(gan_weight=float(params["gan_weight"]))
+    arms = arm_configs(dist, params["methods"], params.get("gan_weight", 0.0))  # the GAN arm runs the fake score more
     evals_per_arm = (dist.iters // dist.eval_every + 2 if dist.eval_every else 2) * params["num_eval"]
     steps = params.get("teacher_steps") or EDM_TEACHER_SAMPLERS[setting][1]["num_steps"]
     seeds = len(params["seeds"])

@@ -164,15 +164,22 @@ def train_arms(run: PaperRun, path, distill_config: dict, methods, share: float,
         return {}
     base = DistillConfig.from_dict({**distill_config, "sigma_init": float(path.config["sigma_init"])})
     ipn = iters_per_node_for_share(share, path.num_nodes, base.iters)
-    configs = {m: base.replace(method=m, **METHOD_OPTIONS.get(m, {})) for m in methods}
-    configs["DisBack"] = base.replace(method="diff_instruct", backtrack=True, iters_per_node=ipn)
-    real = None
-    if gan_weight:
-        configs[GAN_ARM] = configs[GAN_ARM].replace(gan_weight=float(gan_weight))
-        real = _real_images(run, real_images, gan_weight)
+    configs = arm_configs(base, methods, gan_weight, ipn)
+    real = _real_images(run, real_images, gan_weight) if gan_weight else None
     return {arm: shared_runs(run.paths, run.teacher, run.setting, cfg, seeds, num_eval, path,
                              real_data=real if cfg.gan_weight else None)
             for arm, cfg in configs.items()}
+
+
+def arm_configs(base: DistillConfig, methods, gan_weight: float = 0.0, iters_per_node: int | None = None) -> dict:
+    """Each arm's configuration: every method of ``methods`` with its ``METHOD_OPTIONS`` (the ``GAN_ARM`` with
+    ``gan_weight`` when it is > 0), and DisBack (the Diff-Instruct loss along the path, ``iters_per_node`` a node)."""
+    configs = {m: base.replace(method=m, **METHOD_OPTIONS.get(m, {})) for m in methods}
+    configs["DisBack"] = base.replace(method="diff_instruct", backtrack=True,
+                                      **({} if iters_per_node is None else {"iters_per_node": iters_per_node}))
+    if gan_weight and GAN_ARM in configs:
+        configs[GAN_ARM] = configs[GAN_ARM].replace(gan_weight=float(gan_weight))
+    return configs
 
 
 def _real_images(run: PaperRun, real_images: str, gan_weight: float):
