@@ -116,15 +116,25 @@ def plot_band(ax, steps, values, label: str, color=None) -> None:
 
 
 def shade_nodes(ax, schedule, iters: int) -> None:
-    """Shade the spans of generator updates during which each intermediate node is the target."""
+    """Shade the spans of generator updates during which each intermediate node is the target, labelled "node k"
+    where the span is wide enough for it, "k" where narrower, and not at all where the label could not fit (short
+    spans next to each other would print their labels on top of one another)."""
     bounds = list(schedule.switch_steps) + [iters]
     cmap = matplotlib.colormaps[NODE_CMAP]
     top = max(schedule.nodes) or 1
+    axes_inches = ax.get_position().width * ax.figure.get_figwidth()  # the x range's width on the page
     for node, lo, hi in zip(schedule.nodes, bounds[:-1], bounds[1:]):
         if node:
             ax.axvspan(lo, hi, color=cmap(node / top), alpha=0.12, lw=0)
-            ax.text((lo + hi) / 2, 0.98, f"node {node}", transform=ax.get_xaxis_transform(), ha="center",
-                    va="top", fontsize=7, color="0.3")
+            label = node_label(node, (hi - lo) / max(iters, 1) * axes_inches)
+            if label:
+                ax.text((lo + hi) / 2, 0.98, label, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                        fontsize=7, color="0.3")
+
+
+def node_label(node: int, inches: float) -> str:
+    """The label of a node's span ``inches`` wide on the page (see ``shade_nodes``; the labels are 7-point text)."""
+    return f"node {node}" if inches >= 0.5 else str(node) if inches >= 0.15 else ""
 
 
 def _xerr(s: dict, lo: str = "ci_low", hi: str = "ci_high"):

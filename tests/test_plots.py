@@ -97,3 +97,21 @@ def test_notebooks_set_log_axes_through_the_plain_number_helpers():
         for cell in json.loads(nb.read_text())["cells"]:
             source = "".join(cell["source"])
             assert not raw_log.search(source), f"{nb.name}: a raw log axis; use plots.log_axis (plain numbers)"
+
+
+def test_node_shading_labels_only_spans_they_fit():
+    """Short spans side by side used to print "node k" on top of each other: narrow spans get a short label or none."""
+    from disback.path import TargetSchedule
+    from disback.plots import node_label, shade_nodes
+
+    assert node_label(3, 0.6) == "node 3" and node_label(3, 0.2) == "3" and node_label(3, 0.05) == ""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    shade_nodes(ax, TargetSchedule.backtracking(4, 2, 100), 100)  # three nodes of 2 updates each in 100
+    assert [t.get_text() for t in ax.texts] == []
+    shade_nodes(ax, TargetSchedule.backtracking(3, 30, 100), 100)
+    assert [t.get_text() for t in ax.texts] == ["node 2", "node 1"]
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(6, 3))  # the same spans on a third of the width: short labels
+    shade_nodes(axes[0], TargetSchedule.backtracking(3, 30, 100), 100)
+    assert [t.get_text() for t in axes[0].texts] == ["2", "1"]
+    plt.close(fig)
