@@ -62,8 +62,10 @@ def sample_generator_sigma(dist: str, n: int, p_mean: float, p_std: float, gener
     """Noise levels ``[n]`` of a generator loss, as each method's paper draws them.
 
     "lognormal": ln(sigma) ~ N(p_mean, p_std^2) (EDM, Diff-Instruct). "karras": a uniform index in [20, 980) of a
-    1000-step Karras grid from 0.002 to 80 (DMD, DMD2's min/max_step_percent 0.02/0.98). "sid": u ~ U[0, 0.8]
-    on the same rho-curve (SiD's t ~ U[0, tmax / 1000] with tmax = 800, read from the high-noise end).
+    1000-step Karras grid from 0.002 to 80 (DMD, DMD2's min/max_step_percent 0.02/0.98; DMD2's released code draws
+    the index in [20, 980], one grid point more at the top). "sid": u ~ U[0, 0.8] on the same rho-curve, u = 0 at
+    sigma_min (SiD's t ~ U[0, tmax / 1000], tmax = 800, in sigma = (max^(1/rho) + (1 - t)(min^(1/rho) -
+    max^(1/rho)))^rho: sigma from 0.002 up to about 24, the highest noise levels left out).
     """
     device = None if generator is None else generator.device  # drawn where the generator lives (CPU or CUDA)
     if dist == "lognormal":

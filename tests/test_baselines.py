@@ -12,7 +12,7 @@ import torch
 
 import disback
 from disback.checkpoint import fingerprint, read_jsonl
-from disback.config import DistillConfig, TeacherConfig
+from disback.config import METHOD_SIGMA_DIST, DistillConfig, TeacherConfig
 from disback.data import GaussianMixture, ring_mixture
 from disback.steps import NFE_FAKE_STEP, NFE_GEN_STEP
 from disback.losses import GENERATOR_LOSSES, dmd, generator_loss, sid
@@ -102,9 +102,51 @@ def test_every_method_is_zero_when_fake_equals_target(case):
     x0, sigma, n, target, _ = case
     for method in GENERATOR_LOSSES:
         g = grad_of(lambda x, **kw: generator_loss(method, x, sigma, n, None, target, copy.deepcopy(target)), x0)
-        if method == "sid":  # SiD keeps a term through x_t that vanishes only in expectation; its diff part is 0
-            continue
+        # SiD too: with identical denoisers f_t - f_f is 0 at every x_t, so its derivative through x_t is 0 as well.
         assert g.abs().max() < 1e-6, method
+
+
+def whitened_latents(num: int, dim: int, seed: int):
+    """Generator noise z and diffusion noise n ``[num, dim]`` each, jointly centred and whitened: their sample
+    moments up to order two are exactly those of N(0, I). For Gaussians every Diff-Instruct gradient below is a
+    polynomial of degree two in (z, n), so its sample mean over these latents is its expectation (no Monte Carlo)."""
+    w = torch.randn(num, 2 * dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    w = w - w.mean(0)
+    w = w @ torch.linalg.inv(torch.linalg.cholesky(w.T @ w / num)).T
+    return w[:, :dim].float(), w[:, dim:].float()
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 3.0])
+def test_diff_instruct_expected_update_is_sigma2_times_the_exact_kl_gradient(sigma):
+    """Closed form: G(z) = b + a z gives N(b, a^2 I); with the exact fake score of that and a target N(mu, s^2 I),
+    Diff-Instruct's expected update at noise level sigma is sigma^2 grad_(a, b) KL(p_g,sigma || p_target,sigma), the
+    noised KL whose integral over sigma is Diff-Instruct's IKL: d/db = sigma^2 (b - mu) / (s^2 + sigma^2) and
+    d/da = sigma^2 D a (1 / (s^2 + sigma^2) - 1 / (a^2 + sigma^2)) (D = 2 dims). Mean and scale both differ."""
+    mu, s = torch.tensor([0.3, 0.2]), STD
+    a, b = torch.tensor(1.3, requires_grad=True), torch.tensor([1.0, -0.4], requires_grad=True)
+    fake = GaussianMixture(b.detach()[None], torch.ones(1), 1.3)
+    z, n = whitened_latents(4096, 2, seed=0)
+    loss = generator_loss("diff_instruct", b + a * z, torch.full((4096,), sigma), n, None, gauss(mu.tolist()), fake)
+    ga, gb = torch.autograd.grad(loss.mean(), [a, b])
+    vt, vg = s ** 2 + sigma ** 2, 1.3 ** 2 + sigma ** 2
+    torch.testing.assert_close(gb, sigma ** 2 * (b.detach() - mu) / vt, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ga, torch.tensor(sigma ** 2 * 2 * 1.3 * (1 / vt - 1 / vg)), rtol=1e-4, atol=1e-6)
+    assert ga > 0  # the generator is wider than the target: a descent step narrows it
+
+
+@pytest.mark.parametrize("method", sorted(GENERATOR_LOSSES))
+@pytest.mark.parametrize("std_g", [0.3, 1.3])
+def test_every_method_moves_the_generator_scale_toward_the_target(method, std_g):
+    """G(z) = mu + a z with the right mean and the wrong scale a = std_g (target std 0.5): over the method's own noise
+    levels, the update of a has the sign of a - 0.5 (too wide shrinks, too narrow widens)."""
+    mu = torch.tensor([0.3, 0.2])
+    a = torch.tensor(std_g, requires_grad=True)
+    z, n = whitened_latents(20000, 2, seed=1)
+    sigma = disback.diffusion.sample_generator_sigma(METHOD_SIGMA_DIST[method], 20000, -1.2, 1.2,
+                                                     torch.Generator().manual_seed(2))
+    fake = GaussianMixture(mu[None], torch.ones(1), std_g)
+    (ga,) = torch.autograd.grad(generator_loss(method, mu + a * z, sigma, n, None, gauss(mu.tolist()), fake).mean(), a)
+    assert float(ga) * (std_g - STD) > 0, f"{method}: d loss / d a = {float(ga):.4f} for a = {std_g}, target {STD}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
