@@ -15,11 +15,15 @@ from dataclasses import dataclass
 ARCHS = ("mlp", "unet")
 SPACINGS = ("uniform", "early")
 METHODS = ("diff_instruct", "dmd", "dmd2", "sid")
-# Noise-level distributions of the generator loss (disback.diffusion.sample_generator_sigma): "lognormal" is EDM's
+# Noise-level distributions of the distillation losses (disback.diffusion.sample_loss_sigma): "lognormal" is EDM's
 # ln(sigma) ~ N(p_mean, p_std^2) (Diff-Instruct); "karras" is uniform over the indices [2%, 98%] of a 1000-step
-# Karras grid (DMD, DMD2); "sid" is SiD's u ~ U[0, 0.8] on the same rho-curve. "auto" = the method's own.
-SIGMA_DISTS = ("auto", "lognormal", "karras", "sid")
+# Karras grid (DMD, DMD2's generator); "karras_all" uniform over the whole grid (DMD2's fake score and GAN term);
+# "sid" is SiD's u ~ U[0, 0.8] on the same rho-curve. "auto" = the method's own, for the generator loss
+# (METHOD_SIGMA_DIST) and for the fake score's score matching (METHOD_FAKE_SIGMA_DIST; Diff-Instruct's and SiD's
+# code train it on EDM's log-normal, DMD2's code on a uniform index over the whole grid, which DMD shares here).
+SIGMA_DISTS = ("auto", "lognormal", "karras", "karras_all", "sid")
 METHOD_SIGMA_DIST = {"diff_instruct": "lognormal", "dmd": "karras", "dmd2": "karras", "sid": "sid"}
+METHOD_FAKE_SIGMA_DIST = {"diff_instruct": "lognormal", "dmd": "karras_all", "dmd2": "karras_all", "sid": "lognormal"}
 
 
 def _fail(cls, name, value, allowed):
@@ -165,8 +169,11 @@ class DistillConfig(_Config):
     # (losses._surrogate), so DMD2's balance on the generator is gan_weight = 3e-3 * dim (dim = C * H * W).
     gan_weight: float = 0.0  # weight of the generator's non-saturating GAN loss (0 = no GAN term, no head)
     gan_weight_fake: float = 1e-2  # weight of the discriminator's loss added to the fake score's (when gan_weight > 0)
+    # noise levels of the fake score's score matching and of the GAN term's noisy images (SIGMA_DISTS); "auto" = the
+    # method's code (METHOD_FAKE_SIGMA_DIST); "lognormal" = EDM's for every method (this library before 2026-11-27)
+    fake_sigma_dist: str = "auto"
 
-    LATE_FIELDS = ("gan_weight", "gan_weight_fake")
+    LATE_FIELDS = ("gan_weight", "gan_weight_fake", "fake_sigma_dist")
 
     def _check(self):
         self._require("method", self.method in METHODS, f"one of {METHODS}")
@@ -174,6 +181,7 @@ class DistillConfig(_Config):
                   "sigma_init", "p_std")
         self._require("ema", 0 <= self.ema < 1, "in [0, 1)")
         self._require("sigma_dist", self.sigma_dist in SIGMA_DISTS, f"one of {SIGMA_DISTS}")
+        self._require("fake_sigma_dist", self.fake_sigma_dist in SIGMA_DISTS, f"one of {SIGMA_DISTS}")
         _positive(self, "reg_pairs", "reg_sigma_max")
         for n in ("eval_every", "snapshot_every", "ckpt_every", "seed", "reg_weight", "gan_weight", "gan_weight_fake"):
             self._require(n, getattr(self, n) >= 0, ">= 0")
@@ -184,3 +192,8 @@ class DistillConfig(_Config):
     def generator_sigma_dist(self) -> str:
         """The noise-level distribution the generator loss really uses ("auto" resolved per method)."""
         return METHOD_SIGMA_DIST[self.method] if self.sigma_dist == "auto" else self.sigma_dist
+
+    @property
+    def fake_score_sigma_dist(self) -> str:
+        """The noise-level distribution the fake score (and the GAN term) really uses ("auto" resolved per method)."""
+        return METHOD_FAKE_SIGMA_DIST[self.method] if self.fake_sigma_dist == "auto" else self.fake_sigma_dist

@@ -58,25 +58,30 @@ def karras_curve(u: torch.Tensor, sigma_min: float = 0.002, sigma_max: float = 8
     return (lo + u * (hi - lo)) ** rho
 
 
-def sample_generator_sigma(dist: str, n: int, p_mean: float, p_std: float, generator=None) -> torch.Tensor:
-    """Noise levels ``[n]`` of a generator loss, as each method's paper draws them.
+def sample_loss_sigma(dist: str, n: int, p_mean: float, p_std: float, generator=None) -> torch.Tensor:
+    """Noise levels ``[n]`` of a distillation loss (the generator's, the fake score's, the GAN term's), as each
+    method's paper and code draw them.
 
-    "lognormal": ln(sigma) ~ N(p_mean, p_std^2) (EDM, Diff-Instruct). "karras": a uniform index in [20, 980) of a
-    1000-step Karras grid from 0.002 to 80 (DMD, DMD2's min/max_step_percent 0.02/0.98; DMD2's released code draws
-    the index in [20, 980], one grid point more at the top). "sid": u ~ U[0, 0.8] on the same rho-curve, u = 0 at
-    sigma_min (SiD's t ~ U[0, tmax / 1000], tmax = 800, in sigma = (max^(1/rho) + (1 - t)(min^(1/rho) -
-    max^(1/rho)))^rho: sigma from 0.002 up to about 24, the highest noise levels left out).
+    "lognormal": ln(sigma) ~ N(p_mean, p_std^2) (EDM, Diff-Instruct, SiD's fake score). "karras": a uniform index
+    in [20, 980] of a 1000-step Karras grid from 0.002 to 80 (DMD, DMD2's generator: min/max_step_percent
+    0.02/0.98, both ends included as in DMD2's code). "karras_all": a uniform index over the whole grid [0, 999]
+    (DMD2's fake score and its GAN term's noise). "sid": u ~ U[0, 0.8] on the same rho-curve (SiD's
+    t ~ U[0, tmax / 1000] with tmax = 800, t = 0 at sigma_min, so sigma runs from 0.002 up to ~24).
     """
     device = None if generator is None else generator.device  # drawn where the generator lives (CPU or CUDA)
     if dist == "lognormal":
         return sample_sigma(n, p_mean, p_std, generator, device)
-    if dist == "karras":
-        index = torch.randint(20, 980, (n,), generator=generator, device=device)
-        return karras_curve(index.double() / 999).float()
+    if dist in ("karras", "karras_all"):
+        lo, hi = (20, 980) if dist == "karras" else (0, KARRAS_GRID - 1)
+        index = torch.randint(lo, hi + 1, (n,), generator=generator, device=device)
+        return karras_curve(index.double() / (KARRAS_GRID - 1)).float()
     if dist == "sid":
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=device) * 0.8
         return karras_curve(u).float()
-    raise ValueError(f"dist={dist!r}: must be one of ('lognormal', 'karras', 'sid')")
+    raise ValueError(f"dist={dist!r}: must be one of ('lognormal', 'karras', 'karras_all', 'sid')")
+
+
+KARRAS_GRID = 1000  # points of DMD / DMD2's discretised Karras grid (their num_train_timesteps)
 
 
 def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:

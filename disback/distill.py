@@ -122,7 +122,8 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     gan = None
     if real is not None:  # DMD2's discriminator head, trained with the fake score by the same optimizer
         head = make_discriminator_head(fake).train()
-        gan = GANTerm(head, real, config.gan_weight, config.gan_weight_fake, config.p_mean, config.p_std)
+        gan = GANTerm(head, real, config.gan_weight, config.gan_weight_fake, config.p_mean, config.p_std,
+                      config.fake_score_sigma_dist)
     opt_gen = adam(generator.parameters(), config.lr_gen)
     opt_fake = adam([*fake.parameters(), *gan.head.parameters()] if gan else fake.parameters(), config.lr_fake)
     modules = {"generator": generator, "fake": fake, **({"ema": ema.module} if ema else {}),
@@ -175,7 +176,7 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
         active = schedule.node_at(step)
         for _ in range(config.fake_steps):  # Update fake score (on detached generator samples).
             loss_fake = fake_score_step(fake, opt_fake, generator, config.batch, config.p_mean, config.p_std, rng,
-                                        done, run_dir, config.bf16, gan)
+                                        done, run_dir, config.bf16, gan, config.fake_score_sigma_dist)
         loss_gen = generator_step(generator, opt_gen, target, fake, config, rng, done, run_dir, pairs, gan)
         if ema:
             ema.update(generator)

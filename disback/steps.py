@@ -20,7 +20,7 @@ import torch
 
 from . import parallel
 from .checkpoint import check_finite, tensor_digest
-from .diffusion import edm_sampler, sample_generator_sigma, sample_sigma
+from .diffusion import edm_sampler, sample_loss_sigma
 from .generator import seeded_labels, seeded_noise
 from .losses import discriminator_logits, fake_score_loss, gan_discriminator_loss, gan_generator_loss, generator_loss
 
@@ -67,14 +67,15 @@ class GANTerm:
     real: RealData
     weight: float            # generator: weight of the non-saturating generator loss (DistillConfig.gan_weight)
     weight_fake: float       # fake score: weight of the discriminator loss (DistillConfig.gan_weight_fake)
-    p_mean: float = -1.2     # ln(sigma) ~ N(p_mean, p_std^2): noise levels of the images both sides see
+    p_mean: float = -1.2     # lognormal noise levels: ln(sigma) ~ N(p_mean, p_std^2)
     p_std: float = 1.2
+    sigma_dist: str = "lognormal"  # noise levels of the images both sides see (config.SIGMA_DISTS, resolved)
     stats: dict = field(default_factory=dict)  # the last step's GAN losses (global batch), for the run log
 
 
 def _noisy_draw(batch: int, shape, gan: GANTerm, rng: torch.Generator, device):
     """Noise levels and unit noise for ``batch`` samples of per-sample ``shape``, global, on ``device``."""
-    sigma = sample_sigma(batch, gan.p_mean, gan.p_std, rng, device=rng.device).to(device)
+    sigma = sample_loss_sigma(gan.sigma_dist, batch, gan.p_mean, gan.p_std, rng).to(device)
     n = torch.randn((batch, *shape), generator=rng, device=rng.device).to(device)
     return sigma, n
 
@@ -107,17 +108,18 @@ def _device(module) -> torch.device:
 
 def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
                     rng: torch.Generator, step: int, state_dir=None, bf16: bool = False,
-                    gan: GANTerm | None = None) -> float:
+                    gan: GANTerm | None = None, sigma_dist: str = "lognormal") -> float:
     """One score-matching update of ``fake_score`` on detached samples of ``generator``; returns the loss. With
     ``gan``, the discriminator loss (weight ``gan.weight_fake``) trains the head and the fake score with it; the
-    returned loss stays the score-matching one and the GAN loss goes to ``gan.stats``.
+    returned loss stays the score-matching one and the GAN loss goes to ``gan.stats``. ``sigma_dist``: the noise
+    levels of the score matching (``config.SIGMA_DISTS``, resolved; ``p_mean``/``p_std`` shape "lognormal").
 
     ``batch`` is global: every process draws the whole batch's noise and keeps its rows (``disback.parallel``)."""
     z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
     z, labels = parallel.shard(z, labels)
     with parallel.autocast(bf16, z.device.type), torch.no_grad():
         x0 = generator(z, labels)
-    sigma = sample_sigma(batch, p_mean, p_std, rng, device=rng.device).to(x0.device)
+    sigma = sample_loss_sigma(sigma_dist, batch, p_mean, p_std, rng).to(x0.device)
     n = torch.randn((batch, *x0.shape[1:]), generator=rng, dtype=x0.dtype, device=rng.device).to(x0.device)
     sigma, n = parallel.shard(sigma, n)
     with parallel.autocast(bf16, z.device.type):
@@ -155,7 +157,7 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
     z, labels = parallel.shard(z, labels)
     with parallel.autocast(config.bf16, z.device.type):
         x0 = generator(z, labels)
-    sigma = sample_generator_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std,
+    sigma = sample_loss_sigma(config.generator_sigma_dist, config.batch, config.p_mean, config.p_std,
                                    rng).to(x0.device)
     n = torch.randn((config.batch, *x0.shape[1:]), generator=rng, device=rng.device).to(x0.device)
     idx = torch.randint(len(pairs["z"]), (config.batch,), generator=rng, device=rng.device).to(pairs["z"].device) \

@@ -92,7 +92,7 @@ class _Stage2:
         self.step_count += 1
         for _ in range(c.fake_steps):
             fake_score_step(self.fake, self.opt_fake, self.generator, c.batch, c.p_mean, c.p_std, self.rng,
-                            self.step_count)
+                            self.step_count, sigma_dist=c.fake_score_sigma_dist)
         generator_step(self.generator, self.opt_gen, self.target, self.fake, c, self.rng, self.step_count)
 
 

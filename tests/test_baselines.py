@@ -142,7 +142,7 @@ def test_every_method_moves_the_generator_scale_toward_the_target(method, std_g)
     mu = torch.tensor([0.3, 0.2])
     a = torch.tensor(std_g, requires_grad=True)
     z, n = whitened_latents(20000, 2, seed=1)
-    sigma = disback.diffusion.sample_generator_sigma(METHOD_SIGMA_DIST[method], 20000, -1.2, 1.2,
+    sigma = disback.diffusion.sample_loss_sigma(METHOD_SIGMA_DIST[method], 20000, -1.2, 1.2,
                                                      torch.Generator().manual_seed(2))
     fake = GaussianMixture(mu[None], torch.ones(1), std_g)
     (ga,) = torch.autograd.grad(generator_loss(method, mu + a * z, sigma, n, None, gauss(mu.tolist()), fake).mean(), a)
@@ -199,6 +199,52 @@ def test_dmd2_runs_fake_steps_per_generator_update(teacher, tmp_path):
         res = disback.distill(teacher, DistillConfig(method="dmd2", fake_steps=k, iters=3, batch=8, eval_every=0),
                               tmp_path / str(k), progress=False)
         assert [r["nfe"] for r in res.log] == [i * (k * NFE_FAKE_STEP + NFE_GEN_STEP) * 8 for i in range(4)]
+
+
+def test_fake_score_trains_on_each_methods_own_noise_levels(teacher, tmp_path, monkeypatch):
+    """The fake score's score matching draws sigma as each method's code does: EDM's log-normal for Diff-Instruct
+    and SiD, a uniform index over the whole 1000-point Karras grid for DMD and DMD2 (DMD2's compute_loss_fake);
+    the generator keeps [2%, 98%] of that grid. An explicit ``fake_sigma_dist`` overrides it."""
+    import disback.steps as steps
+
+    assert {m: DistillConfig(method=m).fake_score_sigma_dist for m in GENERATOR_LOSSES} == {
+        "diff_instruct": "lognormal", "dmd": "karras_all", "dmd2": "karras_all", "sid": "lognormal"}
+    assert DistillConfig(method="dmd", fake_sigma_dist="lognormal").fake_score_sigma_dist == "lognormal"
+    assert "fake_sigma_dist" not in DistillConfig(method="dmd").to_dict()  # a late field: old hashes unchanged
+    with pytest.raises(ValueError, match="fake_sigma_dist"):
+        DistillConfig(fake_sigma_dist="uniform")
+    seen = {}
+    real_loss = steps.fake_score_loss
+
+    def spy(fake_score, x0, sigma, labels, noise):
+        seen.setdefault(key, []).append(sigma)
+        return real_loss(fake_score, x0, sigma, labels, noise=noise)
+
+    monkeypatch.setattr(steps, "fake_score_loss", spy)
+    for key in ("diff_instruct", "dmd2"):
+        disback.distill(teacher, DistillConfig(method=key, iters=8, batch=256, eval_every=0), tmp_path / key,
+                        progress=False)
+    lognormal, karras = torch.cat(seen["diff_instruct"]), torch.cat(seen["dmd2"])
+    grid = disback.diffusion.karras_curve(torch.arange(1000, dtype=torch.float64) / 999).float()
+    assert torch.isin(karras, grid).all() and not torch.isin(lognormal, grid).any()
+    assert karras.min() < grid[20] and karras.max() > grid[980]  # both ends of the grid beyond the generator's
+    assert (karras > 10).float().mean() > 0.2 > (lognormal > 10).float().mean()
+
+
+def test_generator_and_gan_noise_levels_of_dmd2_use_the_grid():
+    """DMD / DMD2's generator: indices 20..980 inclusive (DMD2's randint(min_step, max_step + 1)); their GAN term's
+    noisy images: the whole grid, as the fake score."""
+    from disback.diffusion import karras_curve, sample_loss_sigma
+    from disback.steps import GANTerm, _noisy_draw
+
+    g = torch.Generator().manual_seed(0)
+    index = lambda s: torch.round((s.double() ** (1 / 7) - 0.002 ** (1 / 7)) / (80 ** (1 / 7) - 0.002 ** (1 / 7)) * 999)
+    gen = index(sample_loss_sigma("karras", 50000, -1.2, 1.2, g))
+    assert gen.min() == 20 and gen.max() == 980
+    gan = GANTerm(None, None, 1.0, 1.0, sigma_dist=DistillConfig(method="dmd2").fake_score_sigma_dist)
+    sigma, _ = _noisy_draw(50000, (2,), gan, g, "cpu")
+    assert index(sigma).min() == 0 and index(sigma).max() == 999
+    assert float(sigma.max()) == pytest.approx(float(karras_curve(torch.tensor(1.0))), rel=1e-6)
 
 
 def test_probe_sees_the_scheduled_target_and_never_changes_the_run(teacher, tmp_path):

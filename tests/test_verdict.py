@@ -16,7 +16,7 @@ from disback.analysis import (compare, convergence, iters_per_node_for_share, sc
 from disback.checkpoint import fingerprint
 from disback.config import DistillConfig, TeacherConfig
 from disback.data import GaussianMixture, ring_mixture
-from disback.diffusion import karras_curve, sample_generator_sigma
+from disback.diffusion import karras_curve, sample_loss_sigma
 from disback.distill import load_snapshot
 from disback.metrics import direction_agreement
 from disback.path import DegradationPath, PathWriter
@@ -63,10 +63,10 @@ def test_control_arm_starts_the_fake_score_at_node_n_and_aims_at_the_teacher(tea
         disback.distill(teacher, cfg.replace(fake_from_path=True), tmp_path / "x", progress=False)
 
 
-@pytest.mark.parametrize("dist,lo,hi", [("karras", karras_curve(torch.tensor(20 / 999)), karras_curve(torch.tensor(979 / 999))),
+@pytest.mark.parametrize("dist,lo,hi", [("karras", karras_curve(torch.tensor(20 / 999)), karras_curve(torch.tensor(980 / 999))),
                                         ("sid", 0.002, float(karras_curve(torch.tensor(0.8))))])
 def test_generator_noise_levels_follow_each_papers_range(dist, lo, hi):
-    s = sample_generator_sigma(dist, 20000, -1.2, 1.2, torch.Generator().manual_seed(0))
+    s = sample_loss_sigma(dist, 20000, -1.2, 1.2, torch.Generator().manual_seed(0))
     assert float(s.min()) >= float(lo) * 0.999 and float(s.max()) <= float(hi) * 1.001
     assert float(s.max()) > 0.9 * float(hi)  # the range is used, not just its bottom
     assert 23 < float(karras_curve(torch.tensor(0.8))) < 25  # SiD's tmax = 800: sigma up to about 24
