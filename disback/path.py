@@ -78,6 +78,13 @@ class DegradationPath:
                 raise ArtifactError(f"{mfile}: node {i} is listed as {node}; nodes must be numbered 0..N in order")
             if i and node["step"] <= nodes[i - 1]["step"]:
                 raise ArtifactError(f"{mfile}: node steps must increase; node {i} has step {node['step']}")
+        cfg = m["config"]  # a recording that died leaves the manifest of the nodes written so far: not a path
+        if ("num_nodes" in cfg and len(nodes) - 1 != int(cfg["num_nodes"])) or \
+                ("iters" in cfg and nodes[-1]["step"] != int(cfg["iters"])):
+            raise ArtifactError(f"{mfile}: incomplete path: {len(nodes) - 1} of {cfg.get('num_nodes', '?')} nodes, "
+                                f"the last at stage-1 step {nodes[-1]['step']} of {cfg.get('iters', '?')} (the "
+                                f"recording was interrupted); rerun record_degradation on its run folder (it resumes "
+                                f"when ckpt_every > 0) or record into an empty one")
         listed = {n["file"] for n in nodes}
         extra = sorted(p.name for p in root.glob("*.safetensors") if p.name not in listed)
         if extra:

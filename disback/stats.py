@@ -76,7 +76,8 @@ class Speedup:
 
 def speedup(times_a, times_b, reached_a=None, reached_b=None, level: float = 0.95, n_boot: int = 10000,
             seed: int = 0) -> Speedup:
-    """Speed-up of arm B over arm A: mean(times_a) / mean(times_b), paired percentile bootstrap over seeds."""
+    """Speed-up of arm B over arm A: mean(times_a) / mean(times_b) with its paired BCa bootstrap interval over seeds
+    (the percentile interval where BCa is undefined), plus the percentile and Student-t (``paired_ratio_t``) ones."""
     a, b = np.asarray(times_a, np.float64), np.asarray(times_b, np.float64)
     if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
         raise ValueError(f"times_a and times_b: must be paired 1-D arrays of >= 2 seeds; got {a.shape}, {b.shape}")

@@ -129,3 +129,25 @@ def test_disback_improves_initial_generator(tmp_path):
     assert last["frechet"] < 0.2 * first["frechet"] and last["w2"] < 0.6 * first["w2"], (first, last)
     assert last["mode_coverage"] > first["mode_coverage"]
     assert sample_metrics_2d(setting.reference[:400], setting.reference[400:], setting.exact)["w2"] < last["w2"] + 0.3
+
+
+def test_interrupted_recording_is_not_a_path(teacher, tmp_path, monkeypatch):
+    """A recording that died after some nodes leaves a valid-looking manifest of the nodes so far: loading it must
+    fail (naming what is missing) instead of returning a shorter path whose last node never fitted G0."""
+    real_add, cfg = disback.path.PathWriter.add, DegradeConfig(iters=8, num_nodes=4, batch=16)
+
+    class Died(Exception):
+        pass
+
+    def dying_add(writer, module, step):
+        if len(writer.manifest["nodes"]) == 3:  # nodes 0, 1, 2 are on disk with their manifest
+            raise Died
+        real_add(writer, module, step)
+
+    monkeypatch.setattr(disback.path.PathWriter, "add", dying_add)
+    with pytest.raises(Died):
+        disback.record_degradation(teacher, cfg, tmp_path, progress=False)
+    monkeypatch.setattr(disback.path.PathWriter, "add", real_add)
+    assert len(json.loads((tmp_path / "path" / "path.json").read_text())["nodes"]) == 3
+    with pytest.raises(ArtifactError, match="incomplete.*2 of 4 nodes.*step 4 of 8"):
+        DegradationPath.load(tmp_path / "path")
