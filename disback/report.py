@@ -178,9 +178,30 @@ def path_effect_text(records: dict, setting: str, method: str) -> str:
             f"{speedup_text(effect)}")
 
 
+def stage1_text(records: dict, setting: str) -> str:
+    """How well the last node of notebook 02's paths fits G0 (the paper's premise), and the fitted path's speed-up
+    in notebook 05: the headline verdicts all use the headline path."""
+    rec = records.get(("02_degradation_recording", setting), ({},))[0]
+    fits = rec.get("summary", {}).get("fit_to_G0") if rec.get("status") == "ok" else None
+    if not fits or "headline path" not in fits:
+        return ""
+    text = (f"- **{setting}, stage 1**: the headline path's last node fits G0 to {fits['headline path']['fit']:.2f} "
+            f"(1 - distance(node N, G0) / distance(teacher, G0); 1 is out of reach: sampler error and sample noise "
+            f"count as misfit); every verdict above uses that path")
+    if "fitted path" in fits:
+        text += f"; the fitted path (stage 1 at stage 2's fake-score learning rate) reaches {fits['fitted path']['fit']:.2f}"
+        ablation = records.get(("05_ablation_nodes", setting), ({},))[0].get("summary", {})
+        row = next((v for v in ablation.get("variants", []) if v["group"] == "fitted"), None)
+        if row and "speedup_updates" in row:
+            text += (f", and DisBack on it ({row['method']}, {row['variant']}) over its baseline: "
+                     f"{speedup_text(row['speedup_updates'])} (notebook 05)")
+    return text + "."
+
+
 def summary_lines(records: dict) -> list[str]:
     """One bullet per setting and method: the speed-up at the headline schedule with its status, its range over
-    notebook 05's schedules and the control arm; then the score-mismatch claim. Read from the records only."""
+    notebook 05's schedules and the control arm; then how well stage 1 fits G0, and the score-mismatch claim. Read
+    from the records only."""
     lines = []
     for (nb, setting), (rec, _) in sorted(records.items()):
         if nb != "04_baselines" or rec.get("status") != "ok":
@@ -192,6 +213,8 @@ def summary_lines(records: dict) -> list[str]:
             lines.append(f"- **{setting}, {method}**: DisBack over its baseline {speedup_text(m['speedup_updates'])} "
                          f"in generator updates, **{status}** at the {schedule_text(rec)}; "
                          f"{range_text(ranges.get(method))}{path_effect_text(records, setting, method)}.")
+    lines += [t for setting in sorted({s for nb, s in records if nb == "02_degradation_recording"})
+              if (t := stage1_text(records, setting))]
     for (nb, setting), (rec, _) in sorted(records.items()):
         if nb == "06_score_mismatch" and rec.get("status") == "ok":
             ours, status = mismatch_text(rec["summary"])
@@ -232,7 +255,8 @@ def render(results: Path, profile: str, root: Path, claims_file: Path | None = N
               "never reported, with the same number of trials for the baseline): *reproduced* when both its 95% paired "
               "BCa bootstrap interval and the Student-t interval of the per-seed ratios lie above 1 (DisBack faster, as "
               "the paper claims), *contradicted* when both lie below 1, *inconclusive* otherwise or when some run never "
-              "reached the threshold in the wrong direction. At 5 seeds a bootstrap interval cannot be wider than the "
+              "reached the threshold in the wrong direction; where the t interval is undefined (a per-seed time of 0) "
+              "the BCa interval decides alone. At 5 seeds a bootstrap interval cannot be wider than the "
               "seeds' own spread; the t interval is the more cautious of the two. The range after it is the same "
               "speed-up over every schedule of notebook 05 (share of updates on intermediate nodes x number of "
               "nodes), with the control arm (DisBack's fake-score start, the teacher as target throughout). Every "

@@ -108,3 +108,28 @@ def test_report_summary_names_the_path_effect_against_the_control_arm(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("- **ring2d, diff_instruct**"))
     assert "**contradicted** at the headline schedule: 5% of 300 updates" in line
     assert "the path itself (DisBack N=4, 5% over the control arm" in line and "2.00x" in line
+
+
+def test_report_summary_says_how_well_stage_1_fits_g0(tmp_path):
+    """The verdicts rest on the headline path: the summary states its last node's fit to G0, the fitted path's, and
+    DisBack's speed-up on the fitted path from notebook 05 (read from the records, not typed)."""
+    metrics = tmp_path / "results" / "cpu" / "metrics"
+    metrics.mkdir(parents=True)
+    fits = {"headline path": {"fit": 0.6178}, "fitted path": {"fit": 0.8806}}
+    rec2 = {"notebook": "02_degradation_recording", "setting": "ring2d", "profile": "cpu", "status": "ok",
+            "primary": "w2", "figures": [], "tables": [], "summary": {"fit_to_G0": fits}}
+    row = {"method": "diff_instruct", "group": "fitted", "variant": "fitted path, 5%", "share": 0.05,
+           "speedup_updates": _speedup(0.65, 0.48, 0.82)}
+    rec5 = {"notebook": "05_ablation_nodes", "setting": "ring2d", "profile": "cpu", "status": "ok", "primary": "w2",
+            "figures": [], "tables": [], "summary": {"variants": [row], "ranges": {}}}
+    (metrics / "02_degradation_recording__ring2d.json").write_text(json.dumps(rec2))
+    (metrics / "05_ablation_nodes__ring2d.json").write_text(json.dumps(rec5))
+    text = report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS)
+    line = next(x for x in text.splitlines() if x.startswith("- **ring2d, stage 1**"))
+    assert "last node fits G0 to 0.62" in line and "fitted path" in line and "reaches 0.88" in line
+    assert "(diff_instruct, fitted path, 5%) over its baseline: 0.65x [0.48, 0.82]" in line
+    del fits["fitted path"]
+    (metrics / "02_degradation_recording__ring2d.json").write_text(json.dumps(rec2))
+    line = next(x for x in report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS).splitlines()
+                if x.startswith("- **ring2d, stage 1**"))
+    assert "reaches" not in line and line.endswith("uses that path.")
