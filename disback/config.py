@@ -5,6 +5,7 @@ is allowed. ``from_dict`` refuses unknown keys, so a typo in a params YAML fails
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import json
@@ -64,12 +65,19 @@ class _Config:
             _fail(type(self), name, getattr(self, name), allowed)
 
     @classmethod
-    def from_dict(cls, d: dict):
-        """Build from a mapping, refusing unknown keys."""
+    def _check_keys(cls, keys) -> None:
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
+        unknown = sorted(set(keys) - set(names), key=str)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; allowed keys are {names}")
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build from a mapping, refusing unknown keys."""
+        if not isinstance(d, collections.abc.Mapping):
+            raise TypeError(f"{cls.__name__}.from_dict(d): d must be a mapping of field names to values; got "
+                            f"{type(d).__name__}")
+        cls._check_keys(d)
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -81,6 +89,8 @@ class _Config:
         return d
 
     def replace(self, **changes):
+        """A copy with ``changes`` applied (validated as a new config); an unknown field name is a ``ValueError``."""
+        self._check_keys(changes)
         return dataclasses.replace(self, **changes)
 
     def hash(self) -> str:
@@ -112,7 +122,7 @@ class TeacherConfig(_Config):
         _positive(self, "width", "depth", "iters", "batch", "lr", "p_std")
         self._require("ema", 0 <= self.ema < 1, "in [0, 1)")
         self._require("ckpt_every", self.ckpt_every >= 0, ">= 0")
-        self._require("seed", self.seed >= 0, ">= 0")
+        self._require("seed", 0 <= self.seed < 2 ** 64, "in [0, 2**64) (a torch seed)")
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,7 @@ class DegradeConfig(_Config):
         self._require("spacing", self.spacing in SPACINGS, f"one of {SPACINGS}")
         self._require("num_nodes", self.num_nodes <= self.iters, f"<= iters ({self.iters}): one node per step at most")
         self._require("ckpt_every", self.ckpt_every >= 0, ">= 0")
-        self._require("seed", self.seed >= 0, ">= 0")
+        self._require("seed", 0 <= self.seed < 2 ** 64, "in [0, 2**64) (a torch seed)")
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ class DistillConfig(_Config):
         _positive(self, "reg_pairs", "reg_sigma_max")
         for n in ("eval_every", "snapshot_every", "ckpt_every", "seed", "reg_weight", "gan_weight", "gan_weight_fake"):
             self._require(n, getattr(self, n) >= 0, ">= 0")
+        self._require("seed", self.seed < 2 ** 64, "in [0, 2**64) (a torch seed)")
         self._require("fake_from_path", not (self.fake_from_path and self.backtrack),
                       "False when backtrack=True (backtracking already starts the fake score at the last node)")
 
@@ -197,3 +208,10 @@ class DistillConfig(_Config):
     def fake_score_sigma_dist(self) -> str:
         """The noise-level distribution the fake score (and the GAN term) really uses ("auto" resolved per method)."""
         return METHOD_FAKE_SIGMA_DIST[self.method] if self.fake_sigma_dist == "auto" else self.fake_sigma_dist
+
+
+def check_config(config, cls, argument: str = "config") -> None:
+    """Refuse a ``config`` of another type (a dict, ``None``, another stage's config) before any compute."""
+    if not isinstance(config, cls):
+        hint = f"; build one with {cls.__name__}.from_dict(...)" if isinstance(config, collections.abc.Mapping) else ""
+        raise TypeError(f"{argument}: must be a {cls.__name__}; got {type(config).__name__}{hint}")

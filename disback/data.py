@@ -3,6 +3,7 @@ The digits setting: sklearn's 8x8 handwritten digits with a stratified held-out 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -20,6 +21,15 @@ class GaussianMixture:
         means, weights = torch.as_tensor(means, dtype=torch.float32), torch.as_tensor(weights, dtype=torch.float32)
         if means.ndim != 2 or weights.shape != (len(means),):
             raise ValueError(f"means must be [K, D] and weights [K]; got {tuple(means.shape)} and {tuple(weights.shape)}")
+        if not (torch.isfinite(means).all() and torch.isfinite(weights).all()):
+            raise ValueError(f"means and weights must be finite; got means={means.tolist()}, "
+                             f"weights={weights.tolist()}")
+        try:
+            std_ok = not isinstance(std, bool) and math.isfinite(float(std))
+        except (TypeError, ValueError):
+            std_ok = False
+        if not std_ok:
+            raise ValueError(f"std={std!r}: must be a finite number > 0")
         if (weights <= 0).any() or std <= 0:
             raise ValueError(f"weights must be > 0 and std > 0; got weights={weights.tolist()}, std={std!r}")
         self.means, self.weights, self.std = means, weights / weights.sum(), float(std)
@@ -29,6 +39,8 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None, return_modes: bool = False):
         """``[n, D]`` samples (and their mode indices if asked)."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n={n!r}: the number of samples must be an integer >= 1")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         x = self.means[k] + self.std * torch.randn((n, self.means.shape[1]), generator=generator)
         return (x, k) if return_modes else x
@@ -60,8 +72,8 @@ class GaussianMixture:
 
 def ring_mixture(num_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
     """``num_modes`` modes evenly on a circle, weights 1 : 2 : ... : num_modes (unequal on purpose)."""
-    if num_modes < 2:
-        raise ValueError(f"num_modes={num_modes!r}: must be >= 2")
+    if isinstance(num_modes, bool) or not isinstance(num_modes, numbers.Integral) or num_modes < 2:
+        raise ValueError(f"num_modes={num_modes!r}: must be an integer >= 2")
     angle = 2 * math.pi * torch.arange(num_modes) / num_modes
     means = radius * torch.stack([angle.cos(), angle.sin()], 1)
     return GaussianMixture(means, torch.arange(1, num_modes + 1, dtype=torch.float32), std)

@@ -11,18 +11,20 @@ import torch
 
 from . import parallel
 from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, write_json
-from .config import DegradeConfig
-from .generator import frozen_copy, make_generator, trainable_copy
+from .config import DegradeConfig, check_config
+from .generator import check_teacher_module, frozen_copy, make_generator, trainable_copy
 from .path import MANIFEST, DegradationPath, PathWriter, node_steps
 from .progress import bar as progress_bar
-from .runlock import locks_run_dir
+from .runlock import check_run_dir, locks_run_dir
 from .steps import adam, fake_score_step
 
 
 @locks_run_dir
 def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool = True) -> DegradationPath:
     """Record the degradation path of ``teacher`` toward its one-step generator G0 into ``run_dir/path``."""
-    run_dir = Path(run_dir)
+    check_teacher_module(teacher)
+    check_config(config, DegradeConfig)
+    run_dir = check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     main = parallel.is_main()  # Parallel runs: see disback.parallel; only the main process writes files.
     if main:

@@ -20,13 +20,13 @@ import torch
 from . import parallel
 from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_module, load_tensors, save_tensors, \
     write_json
-from .config import DistillConfig
+from .config import DistillConfig, check_config
 from .diffusion import heun_nfe
-from .generator import EMA, frozen_copy, make_generator, trainable_copy
+from .generator import EMA, check_teacher_module, frozen_copy, make_generator, trainable_copy
 from .networks.discriminator import make_discriminator_head
 from .path import DegradationPath, TargetSchedule
 from .progress import bar as progress_bar
-from .runlock import locks_run_dir
+from .runlock import check_run_dir, locks_run_dir
 from .steps import (BACKWARD, adam, COST_FAKE_STEP, COST_GAN_FAKE_STEP, COST_GAN_GEN_STEP, NFE_FAKE_STEP,
                     NFE_GAN_FAKE_STEP, NFE_GAN_GEN_STEP, NFE_GEN_STEP, GANTerm, RealData, cost_gen_step,
                     fake_score_step, generator_step, regression_pairs)
@@ -99,7 +99,15 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     ``real_data`` (a ``RealData``, an images tensor ``[N, *data_shape]`` or a pair (images, labels)) feeds DMD2's GAN
     term and is required when ``config.gan_weight > 0`` (the cpu settings: ``Setting.train``, ``Setting.train_labels``).
     """
-    run_dir = Path(run_dir)
+    check_teacher_module(teacher)
+    check_config(config, DistillConfig)
+    run_dir = check_run_dir(run_dir)
+    if path is not None and not isinstance(path, DegradationPath):
+        raise TypeError(f"path: must be a DegradationPath (DegradationPath.load(folder) reads one) or None; got "
+                        f"{type(path).__name__}")
+    for name, fn in (("metric_fn", metric_fn), ("probe_fn", probe_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name}: must be a callable or None; got {type(fn).__name__}")
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = make_schedule(config, path)
     if config.backtrack or config.fake_from_path:
@@ -206,6 +214,9 @@ def as_real_data(real_data, teacher, config: DistillConfig) -> RealData | None:
         raise ValueError(f"gan_weight={config.gan_weight!r}: DMD2's GAN term needs real images; pass distill(..., "
                          f"real_data=(images, labels)) (cpu settings: Setting.train, Setting.train_labels), or use "
                          f"gan_weight=0")
+    if isinstance(real_data, tuple) and len(real_data) != 2:
+        raise ValueError(f"real_data: a tuple must be (images, labels) (labels may be None); got {len(real_data)} "
+                         f"items")
     real = real_data if isinstance(real_data, RealData) else RealData(*real_data) if isinstance(real_data, tuple) \
         else RealData(real_data)
     if tuple(real.x.shape[1:]) != tuple(teacher.data_shape):
@@ -214,6 +225,9 @@ def as_real_data(real_data, teacher, config: DistillConfig) -> RealData | None:
     if bool(teacher.label_dim) != (real.labels is not None):
         raise ValueError(f"real_data: labels {'missing' if real.labels is None else 'given'}, but the teacher has "
                          f"label_dim={teacher.label_dim}")
+    if real.labels is not None and (real.labels.min() < 0 or real.labels.max() >= teacher.label_dim):
+        raise ValueError(f"real_data: labels must be in [0, {teacher.label_dim}) (the teacher's classes); got values "
+                         f"in [{int(real.labels.min())}, {int(real.labels.max())}]")
     return real
 
 
@@ -239,4 +253,5 @@ def load_snapshot(run_dir, step: int, teacher, sigma_init: float) -> torch.nn.Mo
 
 def backtrack(teacher, path: DegradationPath, config: DistillConfig, run_dir, **kwargs) -> DistillResult:
     """DisBack stage 2: ``distill`` along the reversed degradation path, ending on the teacher."""
+    check_config(config, DistillConfig)
     return distill(teacher, config.replace(backtrack=True), run_dir, path=path, **kwargs)

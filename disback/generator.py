@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 from functools import lru_cache
 
 import torch
@@ -23,6 +24,13 @@ class OneStepGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoiser(self.input_scale * z, self.sigma_init, labels)
+
+
+def check_teacher_module(teacher) -> None:
+    """Refuse a teacher that is not a trainable network (``None``, an exact ``GaussianMixture``, a file path)."""
+    if not isinstance(teacher, nn.Module) or next(teacher.parameters(), None) is None:
+        raise TypeError(f"teacher: must be a denoiser network (torch.nn.Module with weights, e.g. from train_teacher "
+                        f"or load_teacher); got {type(teacher).__name__}")
 
 
 def trainable_copy(teacher: nn.Module) -> nn.Module:
@@ -93,6 +101,9 @@ def generate(generator: nn.Module, seeds, data_shape, label_dim: int = 0, labels
     The noise is drawn per seed on the CPU (sample i depends on seeds[i] alone, on any device) and goes to G's
     device ``batch`` seeds at a time; the samples come back on ``device`` (default the CPU, so that 50k samples
     never sit on a GPU at once), the labels where they were drawn or given."""
+    if not isinstance(seeds, (int, str, bytes)) and not hasattr(seeds, "__len__"):
+        seeds = tuple(seeds)  # an iterator: read once here (seeded_latents reads it as a tuple too)
+    _check_generate(generator, seeds, data_shape, label_dim, labels, batch)
     z, seeded = seeded_latents(seeds, data_shape, label_dim if labels is None else 0)
     labels = seeded if labels is None else labels
     where = module_device(generator)
@@ -102,6 +113,30 @@ def generate(generator: nn.Module, seeds, data_shape, label_dim: int = 0, labels
                      .to(device) for i in range(0, len(z), batch)])
     generator.train(was_training)
     return out, labels
+
+
+def _check_generate(generator, seeds, data_shape, label_dim, labels, batch) -> None:
+    """Refuse arguments ``generate`` would otherwise fail on deep inside the network (or silently misuse)."""
+    if isinstance(seeds, (int, str, bytes)) or len(seeds) == 0:
+        raise ValueError(f"seeds: must be a non-empty sequence of integer seeds (e.g. range(n)); got {seeds!r}")
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ValueError(f"batch={batch!r}: must be an integer >= 1")
+    denoiser = getattr(generator, "denoiser", generator)
+    expected = getattr(denoiser, "data_shape", None)
+    if expected is not None and tuple(int(d) for d in data_shape) != tuple(expected):
+        raise ValueError(f"data_shape={tuple(data_shape)}: the generator's network takes samples of shape "
+                         f"{tuple(expected)}")
+    classes = getattr(denoiser, "label_dim", None)
+    if labels is not None:
+        if not torch.is_tensor(labels) or labels.shape != (len(seeds),) or labels.is_floating_point():
+            raise ValueError(f"labels: must be an integer tensor [{len(seeds)}] (one per seed); got "
+                             f"{tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__}")
+        if classes and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"labels: must be in [0, {classes}) (the network's classes); got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+    elif classes is not None and label_dim and label_dim != classes:
+        raise ValueError(f"label_dim={label_dim!r}: the generator's network has label_dim={classes} (0 = "
+                         f"unconditional)")
 
 
 class EMA:

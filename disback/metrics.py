@@ -11,6 +11,10 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)): the Frechet distance of two Gaussians (as in FID)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise ValueError(f"mu1, cov1, mu2, cov2: must be [D], [D, D], [D], [D, D] with one D; got {mu1.shape}, "
+                         f"{cov1.shape}, {mu2.shape}, {cov2.shape}")
     from scipy import linalg  # imported where used: `import disback` works without the cpu profile's packages
 
     covmean = linalg.sqrtm(cov1 @ cov2)
@@ -29,14 +33,29 @@ def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance_samples(a, b) -> float:
     """Frechet distance between Gaussians fitted to two sample sets ``[N, D]``."""
-    return frechet_distance(*gaussian_stats(_np(a)), *gaussian_stats(_np(b)))
+    a, b = _samples_pair(a, b, "frechet_distance_samples", min_n=2, allow_1d=True)
+    return frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+
+
+def _samples_pair(a, b, what: str, min_n: int, allow_1d: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Both sample sets as float64 arrays, refusing shapes the metric would misread: ``[N, D]`` (``[N]`` where
+    ``allow_1d``) with one D and at least ``min_n`` samples each."""
+    a, b = _np(a), _np(b)
+    ndims = (1, 2) if allow_1d else (2,)
+    if a.ndim not in ndims or b.ndim != a.ndim or a.shape[1:] != b.shape[1:] or min(len(a), len(b)) < min_n:
+        raise ValueError(f"{what}(a, b): a and b must be sample sets [N, D] with the same D and N >= {min_n} "
+                         f"(flatten images to [N, C*H*W]); got {a.shape} and {b.shape}")
+    return a, b
 
 
 def wasserstein2(a, b) -> float:
-    """Exact W2 between two empirical distributions with uniform weights (POT's network simplex)."""
+    """Exact W2 between two empirical distributions ``[N, D]`` and ``[M, D]`` with uniform weights (POT's network
+    simplex); nan if a sample is not finite (as ``frechet_distance_samples``; the solver would return 0)."""
     import ot  # POT: imported here so that ``import disback`` works where only torch, numpy and scipy exist (GPU boxes)
 
-    a, b = _np(a), _np(b)
+    a, b = _samples_pair(a, b, "wasserstein2", min_n=1)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
     cost = ot.dist(a, b, metric="sqeuclidean")
     return float(np.sqrt(ot.emd2(ot.unif(len(a)), ot.unif(len(b)), cost, numItermax=10_000_000)))
 
@@ -49,6 +68,9 @@ def mode_stats(samples, mixture, max_std: float = 4.0) -> dict:
     distance between the empirical and true mode weights (off-mode samples counted as mass lost).
     """
     x = torch.as_tensor(_np(samples), dtype=torch.float32)
+    if x.ndim != 2 or x.shape[1] != mixture.means.shape[1] or len(x) == 0:
+        raise ValueError(f"mode_stats: samples must be [N, {mixture.means.shape[1]}] (the mixture's dimension), "
+                         f"N >= 1; got {tuple(x.shape)}")
     d = torch.cdist(x, mixture.means)
     dist, nearest = d.min(1)
     on_mode = dist <= max_std * mixture.std
@@ -69,6 +91,7 @@ def sample_metrics_2d(samples, reference, mixture) -> dict:
 def score_error(denoiser, exact, x0: torch.Tensor, sigmas, seed: int = 0) -> dict:
     """Relative score error E||s_model - s_exact||^2 / E||s_exact||^2 at each sigma, on x0 + sigma n with noise n
     seeded by ``seed`` (not the global RNG: the same inputs give the same number, comparable across nets)."""
+    sigmas = _check_sigmas(sigmas)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in sigmas:
@@ -84,7 +107,7 @@ def empirical_denoiser(samples: torch.Tensor, std: float = 1e-3):
     of the score of the distribution they were drawn from; accurate in low dimension when sigma >> spacing)."""
     from .data import GaussianMixture
 
-    return GaussianMixture(samples.detach().float(), torch.ones(len(samples)), std)
+    return GaussianMixture(torch.as_tensor(samples).detach().float(), torch.ones(len(samples)), std)
 
 
 @torch.no_grad()
@@ -95,6 +118,7 @@ def score_mismatch(denoiser_a, denoiser_b, x0: torch.Tensor, sigmas, labels=None
     measured at (the generator's samples): where the generator update evaluates the scores. Keyed by
     ``str(float(sigma))`` (e.g. ``"0.25"``), as JSON writes a float key, so a logged result reads back the same.
     """
+    sigmas = _check_sigmas(sigmas)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in sigmas:
@@ -103,6 +127,21 @@ def score_mismatch(denoiser_a, denoiser_b, x0: torch.Tensor, sigmas, labels=None
                 for d in (denoiser_a, denoiser_b)]
         out[str(float(sigma))] = float(((call[0] - call[1]) ** 2).flatten(1).mean(1).mean() / sigma ** 2)
     return out
+
+
+def _check_sigmas(sigmas) -> list:
+    """``sigmas`` as a list (same elements), refusing a bare number, zero, negative or non-finite noise levels: the
+    per-sigma metrics divide by sigma."""
+    try:
+        sigmas = list(sigmas)
+        values = [float(s) for s in sigmas]
+    except TypeError:
+        raise TypeError(f"sigmas: must be a list of noise levels (e.g. [0.5, 2.0]); got {type(sigmas).__name__}") \
+            from None
+    bad = [v for v in values if not (np.isfinite(v) and v > 0)]
+    if bad or not values:
+        raise ValueError(f"sigmas={sigmas!r}: must be a non-empty list of finite noise levels > 0")
+    return sigmas
 
 
 def _np(x) -> np.ndarray:
@@ -118,6 +157,7 @@ def direction_agreement(fake, target, gen_score, data_score, x0: torch.Tensor, s
     and ``data_score`` are denoisers of the generator's and the data's noised distributions (in 2-D: a kernel
     estimate and the exact mixture). 1 = the update points straight at the data; it is not built into DisBack.
     """
+    sigmas = _check_sigmas(sigmas)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in sigmas:

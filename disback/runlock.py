@@ -30,11 +30,21 @@ def _holder(run_dir: Path) -> str:
         return "unknown"
 
 
+def check_run_dir(run_dir, argument: str = "run_dir") -> Path:
+    """``run_dir`` as a ``Path``: a folder, or a path where one can be made (not ``None``, not an existing file)."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"{argument}: must be a folder path (str or os.PathLike); got {type(run_dir).__name__}")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{argument}={str(run_dir)!r}: is a file, not a folder; must be a folder (made if missing)")
+    return run_dir
+
+
 @contextlib.contextmanager
 def run_lock(run_dir, wait: float = 0.0):
     """Hold ``run_dir``'s lock for the body. If another process holds it: raise ``RunFolderInUse`` at once, or with
     ``wait`` > 0 wait up to that many seconds for it first (notebooks sharing a run wait for the one training it)."""
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(run_dir / LOCK_FILE, is_singleton=True)  # one instance per path: re-entrant in a process
     outermost = not lock.is_locked

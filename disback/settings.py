@@ -8,6 +8,8 @@ them imports anything back but ``Setting`` and ``register_setting``).
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Callable
@@ -90,6 +92,9 @@ def load_setting(name: str, num_train: int = 20000, num_reference: int = 2000, s
         import_module(SETTING_MODULES[name])
     if name not in _BUILDERS:
         raise ValueError(f"setting={name!r}: must be one of {available_settings()}")
+    for arg, value in (("num_train", num_train), ("num_reference", num_reference)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{arg}={value!r}: must be an integer >= 1")
     if cache_dir is not None and name in _CACHE_OPTIONS:
         kw.setdefault(_CACHE_OPTIONS[name], cache_dir)
     return _BUILDERS[name](num_train=num_train, num_reference=num_reference, seed=seed, **kw)

@@ -12,6 +12,7 @@ we keep the plain percentile interval and a Student-t interval of the geometric-
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,8 +27,12 @@ def time_to_threshold(x, values, threshold: float) -> tuple[float, bool]:
     x, values = np.asarray(x, np.float64), np.asarray(values, np.float64)
     if x.ndim != 1 or x.shape != values.shape or len(x) == 0:
         raise ValueError(f"x and values: must be 1-D of the same non-zero length; got {x.shape} and {values.shape}")
-    if not np.isfinite(threshold):
-        raise ValueError(f"threshold={threshold!r}: must be finite")
+    try:
+        finite = not isinstance(threshold, (bool, np.bool_, str)) and bool(np.isfinite(float(threshold)))
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:
+        raise ValueError(f"threshold={threshold!r}: must be a finite number")
     hits = np.flatnonzero(values <= threshold)
     if len(hits) == 0:
         return float(x[-1]), False
@@ -81,8 +86,13 @@ def speedup(times_a, times_b, reached_a=None, reached_b=None, level: float = 0.9
     a, b = np.asarray(times_a, np.float64), np.asarray(times_b, np.float64)
     if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
         raise ValueError(f"times_a and times_b: must be paired 1-D arrays of >= 2 seeds; got {a.shape}, {b.shape}")
-    if not 0 < level < 1:
-        raise ValueError(f"level={level!r}: must be in (0, 1)")
+    _check_level(level)
+    if isinstance(n_boot, (bool, np.bool_)) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
+        raise ValueError(f"n_boot={n_boot!r}: must be an integer >= 1 (bootstrap resamples)")
+    for name, reached in (("reached_a", reached_a), ("reached_b", reached_b)):
+        if reached is not None and np.shape(reached) != a.shape:
+            raise ValueError(f"{name}: must be one flag per seed, shape {a.shape} like the times; got "
+                             f"{np.shape(reached)}")
     if (a < 0).any() or (b < 0).any() or not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("times: must be finite and >= 0")
     idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
@@ -115,11 +125,19 @@ def _bca_ratio(a: np.ndarray, b: np.ndarray, level: float, n_boot: int, seed: in
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _check_level(level) -> None:
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level={level!r}: must be in (0, 1) (0.95 for a 95% interval)")
+
+
 def paired_ratio_t(a, b, level: float = 0.95) -> dict:
     """Geometric mean of the per-seed ratios a_i / b_i with a Student-t interval on their logs (nan if any is <= 0)."""
     from scipy import stats
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"a and b: must be paired 1-D arrays (one time per seed each); got {a.shape}, {b.shape}")
+    _check_level(level)
     if (a <= 0).any() or (b <= 0).any() or len(a) < 2:
         return {"ratio": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": int(len(a))}
     d = np.log(a) - np.log(b)
@@ -132,6 +150,9 @@ def final_values(values, fraction: float = 0.25) -> np.ndarray:
     """Per-seed mean over the last ``fraction`` of the evaluations (rows of ``values`` ``[seeds, evals]``): a
     one-step generator without EMA oscillates on its plateau, so one evaluation is not its final quality."""
     values = np.atleast_2d(np.asarray(values, np.float64))
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError(f"values: must be [seeds, evals] (or one curve [evals]) with at least one evaluation; got "
+                         f"shape {values.shape}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction!r}: must be in (0, 1]")
     k = max(1, int(round(fraction * values.shape[1])))
@@ -142,6 +163,11 @@ def mean_log_metric(steps, values) -> np.ndarray:
     """Per-seed area under the log-metric curve divided by the span of updates, as exp(.): a geometric-mean
     metric over the whole run (lower = better and sooner). ``values`` ``[seeds, evals]`` must be > 0."""
     steps, values = np.asarray(steps, np.float64), np.atleast_2d(np.asarray(values, np.float64))
+    if steps.ndim != 1 or values.ndim != 2 or values.shape[1] != len(steps) or len(steps) < 2:
+        raise ValueError(f"steps and values: must be [evals] and [seeds, evals] with the same evals >= 2; got "
+                         f"{steps.shape} and {values.shape}")
+    if (np.diff(steps) < 0).any():
+        raise ValueError(f"steps: must not decrease (the evaluations in order); got {steps.tolist()}")
     if (values <= 0).any():
         raise ValueError("values: the log-metric area needs positive metric values")
     span = steps[-1] - steps[0]
@@ -157,6 +183,9 @@ def mean_ci(values, level: float = 0.95) -> dict:
     from scipy import stats
 
     v = np.asarray(values, np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values: must be 1-D (one value per seed); got shape {v.shape}")
+    _check_level(level)
     m = float(v.mean())
     sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     half = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * sd / np.sqrt(len(v))) if len(v) > 1 else float("nan")

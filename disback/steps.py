@@ -45,6 +45,9 @@ class RealData:
                              f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
         if labels is not None and (labels.shape != (len(x),) or labels.dtype != torch.int64):
             raise ValueError(f"real_data: labels must be int64 [{len(x)}]; got {labels.dtype} {tuple(labels.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"real_data: x must be finite; {int((~torch.isfinite(x)).sum())} of its {x.numel()} "
+                             f"values are nan or inf")
         self.x, self.labels = x.float(), labels
 
     @property

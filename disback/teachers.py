@@ -7,7 +7,7 @@ import torch
 
 from .checkpoint import (ArtifactError, TrainingState, check_finite, fingerprint, load_module, load_tensors, read_json,
                          save_tensors, tensor_digest, write_json)
-from .config import TeacherConfig
+from .config import TeacherConfig, check_config
 from .runlock import locks_run_dir
 from .diffusion import EDMPrecond, denoising_loss, sample_sigma
 from .generator import EMA
@@ -28,11 +28,16 @@ def _check_data(data, labels):
     if not isinstance(data, torch.Tensor) or data.ndim not in (2, 4) or not data.is_floating_point():
         raise ValueError(f"data: must be a float tensor [N, D] or [N, C, H, W]; got "
                          f"{getattr(data, 'shape', type(data).__name__)}")
+    if data.dtype != torch.float32:  # the networks are float32: another float dtype fails deep inside a layer
+        raise ValueError(f"data: must be float32 (the networks' dtype); got {data.dtype}: pass data.float()")
     if len(data) < 2 or not torch.isfinite(data).all():
         raise ValueError("data: must hold at least 2 samples, all finite")
     if bool((data == data[:1]).all()):  # sigma_data = std would be 0 and the first loss non-finite
         raise ValueError(f"data has zero spread (every sample identical / std 0): all {len(data)} samples equal "
                          f"the first; a diffusion model needs data that varies")
+    if labels is not None and not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels: must be None or a non-negative int64 tensor of shape [{len(data)}]; got "
+                         f"{type(labels).__name__}")
     if labels is not None and (labels.shape != (len(data),) or labels.dtype != torch.long or labels.min() < 0):
         raise ValueError(f"labels: must be a non-negative int64 tensor of shape [{len(data)}]; got "
                          f"{tuple(labels.shape)} {labels.dtype}")
@@ -51,6 +56,7 @@ def train_teacher(data: torch.Tensor, labels: torch.Tensor | None = None, config
     With ``run_dir``, the net, EMA, optimiser, LR schedule and RNG are checkpointed every ``config.ckpt_every``
     steps, and a rerun with the same config and data resumes from the last checkpoint.
     """
+    check_config(config, TeacherConfig)
     _check_data(data, labels)
     torch.manual_seed(config.seed)
     rng = torch.Generator().manual_seed(config.seed)

@@ -24,6 +24,7 @@ import disback
 from disback.checkpoint import ArtifactError, RunLog, fingerprint, read_jsonl, sha256_file, tensor_digest
 from disback.config import DegradeConfig, DistillConfig, TeacherConfig
 from disback.data import ring_mixture
+from disback.generator import generate, make_generator
 from disback.path import DegradationPath
 from disback.settings import load_setting
 from disback.teachers import _data_hash, build_denoiser, load_teacher, save_teacher, train_teacher
@@ -431,7 +432,107 @@ BAD_INPUTS = {
                           ["data has zero spread", "all 8 samples equal the first"]),
     "mlp on images": (lambda t, p, tmp: build_denoiser(TeacherConfig(arch="mlp"), (1, 8, 8), 1.0),
                       ["arch='mlp'", "vector data [N, D]", "(1, 8, 8)"]),
+    "float64 data": (lambda t, p, tmp: train_teacher(torch.randn(10, 2, dtype=torch.float64), None,
+                                                     TeacherConfig(iters=1), False),
+                     ["data:", "must be float32", "torch.float64", "data.float()"]),
+    "labels as a list": (lambda t, p, tmp: train_teacher(torch.randn(10, 2), [0] * 10, TeacherConfig(iters=1), False),
+                         ["labels:", "int64 tensor of shape [10]", "got list"]),
+    "unknown key to replace": (lambda t, p, tmp: DistillConfig().replace(lr=1e-3),
+                               ["DistillConfig", "unknown key(s) ['lr']", "'lr_gen'"]),
+    "seed beyond torch's range": (lambda t, p, tmp: DistillConfig(seed=2 ** 64),
+                                  ["DistillConfig.seed=18446744073709551616", "in [0, 2**64)"]),
+    "teacher seed beyond torch's range": (lambda t, p, tmp: TeacherConfig(seed=2 ** 70),
+                                          ["TeacherConfig.seed=", "in [0, 2**64)"]),
+    "run_dir is a file": (lambda t, p, tmp: (tmp.parent.mkdir(exist_ok=True), tmp.write_text(""),
+                                             disback.distill(t, DistillConfig(iters=2), tmp, progress=False)),
+                          ["run_dir=", "is a file, not a folder"]),
+    "degradation run_dir is a file": (lambda t, p, tmp: (tmp.write_text(""), disback.record_degradation(
+        t, DegradeConfig(iters=2, num_nodes=1), tmp, progress=False)), ["run_dir=", "is a file, not a folder"]),
+    "schedule with no nodes": (lambda t, p, tmp: disback.TargetSchedule.backtracking(0, 10, 100),
+                               ["num_nodes=0", "integer >= 1"]),
+    "schedule with negative nodes": (lambda t, p, tmp: disback.TargetSchedule((1, -1, 0), (0, 5, 9)),
+                                     ["TargetSchedule: nodes=(1, -1, 0)", "integers >= 0"]),
+    "zero training samples": (lambda t, p, tmp: load_setting("ring2d", num_train=0),
+                              ["num_train=0", "integer >= 1"]),
+    "float reference size": (lambda t, p, tmp: load_setting("ring2d", num_reference=10.5),
+                             ["num_reference=10.5", "integer >= 1"]),
+    "nan mixture std": (lambda t, p, tmp: load_setting("ring2d", std=float("nan")),
+                        ["std=nan", "finite number > 0"]),
+    "nan mixture radius": (lambda t, p, tmp: ring_mixture(radius=float("nan")),
+                           ["means and weights must be finite", "nan"]),
+    "GAN real labels beyond the classes": (
+        lambda t, p, tmp: disback.distill(_labelled_teacher(), DistillConfig(iters=2, gan_weight=1.0), tmp,
+                                          real_data=(torch.randn(8, 2), torch.full((8,), 7)), progress=False),
+        ["real_data: labels", "in [0, 3)", "[7, 7]"]),
+    "GAN real data with nan": (
+        lambda t, p, tmp: disback.distill(t, DistillConfig(iters=2, gan_weight=1.0), tmp,
+                                          real_data=torch.full((8, 2), float("nan")), progress=False),
+        ["real_data: x must be finite", "16 of its 16"]),
+    "GAN real data as a 3-tuple": (
+        lambda t, p, tmp: disback.distill(t, DistillConfig(iters=2, gan_weight=1.0), tmp,
+                                          real_data=(torch.randn(8, 2), None, 1), progress=False),
+        ["real_data: a tuple must be (images, labels)", "3 items"]),
+    "generate: data_shape of another network": (
+        lambda t, p, tmp: generate(make_generator(t, 2.5), range(4), (3,)),
+        ["data_shape=(3,)", "takes samples of shape (2,)"]),
+    "generate: more classes than the network": (
+        lambda t, p, tmp: generate(make_generator(_labelled_teacher(), 2.5), range(4), (2,), 10),
+        ["label_dim=10", "has label_dim=3"]),
+    "generate: labels of the wrong length": (
+        lambda t, p, tmp: generate(make_generator(_labelled_teacher(), 2.5), range(4), (2,), 3,
+                                   labels=torch.zeros(2, dtype=torch.long)),
+        ["labels:", "integer tensor [4]", "(2,)"]),
+    "generate: no seeds": (lambda t, p, tmp: generate(make_generator(t, 2.5), [], (2,)),
+                           ["seeds:", "non-empty sequence", "[]"]),
+    "generate: batch 0": (lambda t, p, tmp: generate(make_generator(t, 2.5), range(4), (2,), batch=0),
+                          ["batch=0", "integer >= 1"]),
 }
+
+
+def _labelled_teacher():
+    """A 3-class 2-D teacher (untrained: only its shapes matter here)."""
+    net = build_denoiser(TeacherConfig(width=16, depth=1), (2,), 1.0, label_dim=3)
+    net.config = TeacherConfig(width=16, depth=1)
+    return net.eval().requires_grad_(False)
+
+
+WRONG_TYPES = {
+    "config as a dict": (lambda t, p, tmp: disback.distill(t, {"iters": 2}, tmp, progress=False),
+                         ["config: must be a DistillConfig", "got dict", "DistillConfig.from_dict"]),
+    "config None to backtrack": (lambda t, p, tmp: disback.backtrack(t, p, None, tmp, progress=False),
+                                 ["config: must be a DistillConfig", "got NoneType"]),
+    "another stage's config": (lambda t, p, tmp: disback.record_degradation(t, DistillConfig(), tmp, progress=False),
+                               ["config: must be a DegradeConfig", "got DistillConfig"]),
+    "teacher config as a dict": (lambda t, p, tmp: train_teacher(torch.randn(10, 2), None, {"iters": 1}, False),
+                                 ["config: must be a TeacherConfig", "got dict"]),
+    "exact mixture as the teacher": (
+        lambda t, p, tmp: disback.distill(ring_mixture(), DistillConfig(iters=2), tmp, progress=False),
+        ["teacher: must be a denoiser network", "GaussianMixture"]),
+    "path as a folder name": (lambda t, p, tmp: disback.backtrack(t, str(p.root), DistillConfig(iters=2), tmp,
+                                                                  progress=False),
+                              ["path: must be a DegradationPath", "DegradationPath.load", "got str"]),
+    "run_dir None": (lambda t, p, tmp: disback.record_degradation(t, DegradeConfig(iters=2, num_nodes=1), None,
+                                                                  progress=False),
+                     ["run_dir: must be a folder path", "NoneType"]),
+    "metric_fn not callable": (lambda t, p, tmp: disback.distill(t, DistillConfig(iters=2), tmp, metric_fn=5,
+                                                                 progress=False),
+                               ["metric_fn: must be a callable or None", "int"]),
+    "from_dict of None": (lambda t, p, tmp: DistillConfig.from_dict(None),
+                          ["DistillConfig.from_dict(d)", "must be a mapping", "NoneType"]),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_TYPES))
+def test_wrong_type_gives_one_clear_type_error(case, teacher, path, tmp_path):
+    """An argument of the wrong kind is refused at the entry point, naming it, before anything is written."""
+    call, expected = WRONG_TYPES[case]
+    with pytest.raises(TypeError) as info:
+        call(teacher, path, tmp_path / "run")
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    for piece in expected:
+        assert piece in msg, f"{case}: {piece!r} not in {msg!r}"
+    assert not (tmp_path / "run" / "log.jsonl").exists()
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

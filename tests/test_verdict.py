@@ -18,9 +18,10 @@ from disback.config import DistillConfig, TeacherConfig
 from disback.data import GaussianMixture, ring_mixture
 from disback.diffusion import karras_curve, sample_loss_sigma
 from disback.distill import load_snapshot
-from disback.metrics import direction_agreement
+from disback.metrics import (direction_agreement, frechet_distance, frechet_distance_samples, mode_stats, score_error,
+                             score_mismatch, wasserstein2)
 from disback.path import DegradationPath, PathWriter
-from disback.stats import final_values, mean_log_metric, paired_ratio_t, speedup
+from disback.stats import final_values, mean_ci, mean_log_metric, paired_ratio_t, speedup, time_to_threshold
 from disback.steps import COST_FAKE_STEP, NFE_FAKE_STEP, cost_gen_step, regression_pairs
 from disback.teachers import train_teacher
 
@@ -168,6 +169,59 @@ def test_finals_and_log_metric_area_closed_forms():
     assert mean_log_metric(steps, [[1., np.e, np.e ** 2]])[0] == pytest.approx(np.e)  # exp(mean of 0..2)
     with pytest.raises(ValueError, match="positive"):
         mean_log_metric(steps, [[1., 0, 1]])
+
+
+_MIX = ring_mixture()
+BAD_STATS_AND_METRICS = {
+    "speedup n_boot 0": (lambda: speedup([1., 2, 3], [1., 2, 4], n_boot=0), r"n_boot=0: must be an integer >= 1"),
+    "speedup reached of another length": (lambda: speedup([1., 2, 3], [1., 2, 4], reached_a=[True]),
+                                          r"reached_a: must be one flag per seed, shape \(3,\)"),
+    "paired_ratio_t lengths differ": (lambda: paired_ratio_t([1., 2, 3], [1., 2]),
+                                      r"a and b: must be paired 1-D arrays.*\(3,\), \(2,\)"),
+    "paired_ratio_t level in percent": (lambda: paired_ratio_t([1., 2, 3], [1., 2, 4], level=95),
+                                        r"level=95: must be in \(0, 1\)"),
+    "mean_ci level in percent": (lambda: mean_ci([1., 2, 3], level=95), r"level=95: must be in \(0, 1\)"),
+    "mean_ci 2-D": (lambda: mean_ci([[1., 2], [3, 4]]), r"values: must be 1-D .*\(2, 2\)"),
+    "time_to_threshold threshold None": (lambda: time_to_threshold([1, 2], [3, 1], None),
+                                         r"threshold=None: must be a finite number"),
+    "final_values no evaluations": (lambda: final_values([]), r"values: must be \[seeds, evals\].*\(1, 0\)"),
+    "final_values 3-D": (lambda: final_values(np.zeros((2, 2, 2))), r"values: must be \[seeds, evals\]"),
+    "mean_log_metric steps of another length": (lambda: mean_log_metric([0., 10, 20], [[1., 2]]),
+                                                r"steps and values: .*same evals >= 2; got \(3,\) and \(1, 2\)"),
+    "mean_log_metric steps out of order": (lambda: mean_log_metric([10., 0, 20], [[1., 2, 3]]),
+                                           r"steps: must not decrease"),
+    "frechet of different dims": (lambda: frechet_distance_samples(np.zeros((5, 2)), np.zeros((5, 3))),
+                                  r"frechet_distance_samples\(a, b\).*same D.*\(5, 2\) and \(5, 3\)"),
+    "frechet of one sample": (lambda: frechet_distance_samples(np.zeros((1, 2)), np.zeros((5, 2))),
+                              r"N >= 2.*\(1, 2\)"),
+    "frechet_distance mean and cov differ": (lambda: frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), np.eye(2)),
+                                             r"mu1, cov1, mu2, cov2: must be \[D\], \[D, D\]"),
+    "w2 of different dims": (lambda: wasserstein2(np.zeros((5, 2)), np.zeros((5, 3))),
+                             r"wasserstein2\(a, b\).*same D.*\(5, 2\) and \(5, 3\)"),
+    "w2 of images": (lambda: wasserstein2(np.zeros((5, 1, 2, 2)), np.zeros((5, 1, 2, 2))),
+                     r"flatten images to \[N, C\*H\*W\]"),
+    "w2 of nothing": (lambda: wasserstein2(np.zeros((0, 2)), np.zeros((5, 2))), r"N >= 1.*\(0, 2\)"),
+    "mode_stats of 3-D points": (lambda: mode_stats(np.zeros((5, 3)), _MIX),
+                                 r"mode_stats: samples must be \[N, 2\].*\(5, 3\)"),
+    "score_mismatch at sigma 0": (lambda: score_mismatch(_MIX, _MIX, torch.zeros(4, 2), [0.0]),
+                                  r"sigmas=\[0.0\]: must be a non-empty list of finite noise levels > 0"),
+    "mixture sample of 0": (lambda: _MIX.sample(0), r"n=0: the number of samples must be an integer >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STATS_AND_METRICS))
+def test_bad_stats_and_metrics_inputs_name_the_argument(case):
+    call, match = BAD_STATS_AND_METRICS[case]
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_metrics_refuse_a_bare_sigma_and_w2_of_nan_samples_is_nan():
+    with pytest.raises(TypeError, match=r"sigmas: must be a list of noise levels .*got float"):
+        score_error(_MIX, _MIX, torch.zeros(4, 2), 0.5)
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    assert np.isnan(wasserstein2(x * float("nan"), x))  # the solver alone returns 0.0: a perfect score
+    assert score_mismatch(_MIX, _MIX, x, (s for s in [0.5, 1.0])) == {"0.5": 0.0, "1.0": 0.0}  # a generator works
 
 
 def test_comparison_and_threshold_sweep_on_synthetic_curves():
