@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import typing
 from dataclasses import dataclass
 
@@ -25,6 +26,17 @@ METHODS = ("diff_instruct", "dmd", "dmd2", "sid")
 SIGMA_DISTS = ("auto", "lognormal", "karras", "karras_all", "sid")
 METHOD_SIGMA_DIST = {"diff_instruct": "lognormal", "dmd": "karras", "dmd2": "karras", "sid": "sid"}
 METHOD_FAKE_SIGMA_DIST = {"diff_instruct": "lognormal", "dmd": "karras_all", "dmd2": "karras_all", "sid": "lognormal"}
+
+
+def whole_number(value, minimum: int = 0) -> bool:
+    """An integer (not a bool) >= ``minimum``: what every count argument must be."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def check_count(name: str, value, minimum: int = 1, why: str = "") -> None:
+    """Refuse a count argument that is not ``whole_number(value, minimum)``, naming it (``why``: what it counts)."""
+    if not whole_number(value, minimum):
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}{f' ({why})' if why else ''}")
 
 
 def _fail(cls, name, value, allowed):

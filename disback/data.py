@@ -3,9 +3,10 @@ The digits setting: sklearn's 8x8 handwritten digits with a stratified held-out 
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
+
+from .config import check_count
 
 
 class GaussianMixture:
@@ -39,8 +40,7 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None, return_modes: bool = False):
         """``[n, D]`` samples (and their mode indices if asked)."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"n={n!r}: the number of samples must be an integer >= 1")
+        check_count("n", n, 1, "the number of samples")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         x = self.means[k] + self.std * torch.randn((n, self.means.shape[1]), generator=generator)
         return (x, k) if return_modes else x
@@ -72,8 +72,7 @@ class GaussianMixture:
 
 def ring_mixture(num_modes: int = 8, radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
     """``num_modes`` modes evenly on a circle, weights 1 : 2 : ... : num_modes (unequal on purpose)."""
-    if isinstance(num_modes, bool) or not isinstance(num_modes, numbers.Integral) or num_modes < 2:
-        raise ValueError(f"num_modes={num_modes!r}: must be an integer >= 2")
+    check_count("num_modes", num_modes, 2)
     angle = 2 * math.pi * torch.arange(num_modes) / num_modes
     means = radius * torch.stack([angle.cos(), angle.sin()], 1)
     return GaussianMixture(means, torch.arange(1, num_modes + 1, dtype=torch.float32), std)

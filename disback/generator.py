@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import copy
-import numbers
 from functools import lru_cache
 
 import torch
 from torch import nn
+
+from .config import check_count
 
 
 class OneStepGenerator(nn.Module):
@@ -119,8 +120,7 @@ def _check_generate(generator, seeds, data_shape, label_dim, labels, batch) -> N
     """Refuse arguments ``generate`` would otherwise fail on deep inside the network (or silently misuse)."""
     if isinstance(seeds, (int, str, bytes)) or len(seeds) == 0:
         raise ValueError(f"seeds: must be a non-empty sequence of integer seeds (e.g. range(n)); got {seeds!r}")
-    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
-        raise ValueError(f"batch={batch!r}: must be an integer >= 1")
+    check_count("batch", batch)
     denoiser = getattr(generator, "denoiser", generator)
     expected = getattr(denoiser, "data_shape", None)
     if expected is not None and tuple(int(d) for d in data_shape) != tuple(expected):

@@ -7,13 +7,13 @@ fingerprint. Loading is strict: a missing, extra, renamed or altered file is an 
 from __future__ import annotations
 
 import json
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import ArtifactError, fingerprint, load_module, load_tensors, save_tensors, write_json
+from .config import check_count, whole_number
 
 MANIFEST = "path.json"
 FORMAT = "disback-path/1"
@@ -150,7 +150,7 @@ class TargetSchedule:
         for name in ("nodes", "switch_steps"):
             values = getattr(self, name)
             if not isinstance(values, (tuple, list)) or not all(
-                    isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for v in values):
+                    whole_number(v) for v in values):
                 raise ValueError(f"TargetSchedule: {name}={values!r} must be a tuple of integers >= 0")
         if not self.nodes or self.nodes[-1] != 0 or len(self.nodes) != len(self.switch_steps):
             raise ValueError(f"TargetSchedule: nodes={self.nodes} must end on 0 (the teacher), one switch step each")
@@ -166,8 +166,7 @@ class TargetSchedule:
     def backtracking(cls, num_nodes: int, iters_per_node: int, iters: int) -> "TargetSchedule":
         """Targets N-1, ..., 1 for ``iters_per_node`` updates each, then the teacher until ``iters``."""
         for name, value in (("num_nodes", num_nodes), ("iters_per_node", iters_per_node), ("iters", iters)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be an integer >= 1")
+            check_count(name, value)
         nodes = tuple(range(num_nodes - 1, -1, -1))
         switch = tuple(i * iters_per_node for i in range(len(nodes)))
         if switch[-1] >= iters:

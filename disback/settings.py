@@ -8,7 +8,6 @@ them imports anything back but ``Setting`` and ``register_setting``).
 """
 from __future__ import annotations
 
-import numbers
 
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -16,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .config import check_count
 from .data import ring_mixture
 from .generator import generate
 from .metrics import sample_metrics_2d, wasserstein2
@@ -93,8 +93,7 @@ def load_setting(name: str, num_train: int = 20000, num_reference: int = 2000, s
     if name not in _BUILDERS:
         raise ValueError(f"setting={name!r}: must be one of {available_settings()}")
     for arg, value in (("num_train", num_train), ("num_reference", num_reference)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{arg}={value!r}: must be an integer >= 1")
+        check_count(arg, value)
     if cache_dir is not None and name in _CACHE_OPTIONS:
         kw.setdefault(_CACHE_OPTIONS[name], cache_dir)
     return _BUILDERS[name](num_train=num_train, num_reference=num_reference, seed=seed, **kw)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .config import check_count
+
 
 def time_to_threshold(x, values, threshold: float) -> tuple[float, bool]:
     """First ``x`` at which ``values`` (lower is better) is <= ``threshold``; ``(x[-1], False)`` if never.
@@ -87,8 +89,7 @@ def speedup(times_a, times_b, reached_a=None, reached_b=None, level: float = 0.9
     if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
         raise ValueError(f"times_a and times_b: must be paired 1-D arrays of >= 2 seeds; got {a.shape}, {b.shape}")
     _check_level(level)
-    if isinstance(n_boot, (bool, np.bool_)) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
-        raise ValueError(f"n_boot={n_boot!r}: must be an integer >= 1 (bootstrap resamples)")
+    check_count("n_boot", n_boot, 1, "bootstrap resamples")
     for name, reached in (("reached_a", reached_a), ("reached_b", reached_b)):
         if reached is not None and np.shape(reached) != a.shape:
             raise ValueError(f"{name}: must be one flag per seed, shape {a.shape} like the times; got "

@@ -205,7 +205,7 @@ BAD_STATS_AND_METRICS = {
                                  r"mode_stats: samples must be \[N, 2\].*\(5, 3\)"),
     "score_mismatch at sigma 0": (lambda: score_mismatch(_MIX, _MIX, torch.zeros(4, 2), [0.0]),
                                   r"sigmas=\[0.0\]: must be a non-empty list of finite noise levels > 0"),
-    "mixture sample of 0": (lambda: _MIX.sample(0), r"n=0: the number of samples must be an integer >= 1"),
+    "mixture sample of 0": (lambda: _MIX.sample(0), r"n=0: must be an integer >= 1 \(the number of samples\)"),
 }
 
 
