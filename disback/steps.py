@@ -14,6 +14,7 @@ without it a step draws, and computes, exactly what it did before it existed.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +110,22 @@ def _device(module) -> torch.device:
     return next(module.parameters()).device
 
 
+@contextlib.contextmanager
+def evaluation_mode(*modules):
+    """``modules`` in eval mode inside the block (dropout off), each back in its own mode after. Diff-Instruct's and
+    SiD's training loops do this: the fake score learns from the generator's samples drawn in eval mode (as stage 1
+    learns from the frozen G0's), and the generator's loss queries the fake score in eval mode; each network trains
+    in train mode. It matters only for networks with dropout (the paper-scale EDM teachers: 0.05-0.25)."""
+    was = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, was):
+            m.train(mode)
+
+
 def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float, p_std: float,
                     rng: torch.Generator, step: int, state_dir=None, bf16: bool = False,
                     gan: GANTerm | None = None, sigma_dist: str = "lognormal") -> float:
@@ -120,7 +137,7 @@ def fake_score_step(fake_score, optimizer, generator, batch: int, p_mean: float,
     ``batch`` is global: every process draws the whole batch's noise and keeps its rows (``disback.parallel``)."""
     z, labels = draw_latents(batch, fake_score.data_shape, fake_score.label_dim, rng, _device(fake_score))
     z, labels = parallel.shard(z, labels)
-    with parallel.autocast(bf16, z.device.type), torch.no_grad():
+    with parallel.autocast(bf16, z.device.type), torch.no_grad(), evaluation_mode(generator):
         x0 = generator(z, labels)
     sigma = sample_loss_sigma(sigma_dist, batch, p_mean, p_std, rng).to(x0.device)
     n = torch.randn((batch, *x0.shape[1:]), generator=rng, dtype=x0.dtype, device=rng.device).to(x0.device)
@@ -171,7 +188,7 @@ def generator_step(generator, optimizer, target, fake_score, config, rng: torch.
     # The gradient reaches x0 through the fake score (SiD, the GAN term): keep it out of the fake score's weights.
     # The other losses evaluate both scores without a graph, so nothing is toggled for them.
     freeze = bool(GRAD_THROUGH_DENOISERS.get(config.method, 0)) or gan is not None
-    with parallel.autocast(config.bf16, z.device.type):
+    with parallel.autocast(config.bf16, z.device.type), evaluation_mode(fake_score, *([gan.head] if gan else [])):
         if freeze:
             fake_score.requires_grad_(False)
         loss = generator_loss(config.method, x0, sigma, n, labels, target, fake_score, config.sid_alpha).mean()

@@ -231,6 +231,43 @@ def test_fake_score_trains_on_each_methods_own_noise_levels(teacher, tmp_path, m
     assert (karras > 10).float().mean() > 0.2 > (lognormal > 10).float().mean()
 
 
+@pytest.mark.parametrize("method", ["diff_instruct", "sid", "dmd2"])
+def test_networks_train_and_sample_in_the_modes_of_diff_instructs_and_sids_code(method, tmp_path):
+    """With dropout (the paper-scale EDM teachers have 0.05-0.25): the fake score learns from generator samples
+    drawn in eval mode and trains in train mode; the generator trains in train mode and queries the fake score (and
+    the target, and DMD2's discriminator head) in eval mode; every network is back in its own mode after a step.
+    Without dropout the modes change nothing: the cpu settings' runs are bitwise as before."""
+    from disback.generator import frozen_copy, make_generator, trainable_copy
+    from disback.networks import EDMDenoiser
+    from disback.networks.discriminator import make_discriminator_head
+    from disback.steps import GANTerm, RealData, adam, fake_score_step, generator_step
+
+    torch.manual_seed(0)
+    teacher = EDMDenoiser(img_resolution=8, img_channels=1, label_dim=0, model_type="SongUNet", model_channels=8,
+                          channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.5).eval()
+    generator, fake, target = make_generator(teacher, 2.5).train(), trainable_copy(teacher).train(), \
+        frozen_copy(teacher)
+    gan = GANTerm(make_discriminator_head(fake).train(), RealData(torch.randn(16, 1, 8, 8)), 0.1, 0.1) \
+        if method == "dmd2" else None
+    seen = []
+    for name, net in (("generator", generator), ("fake", fake), ("target", target),
+                      *((("head", gan.head),) if gan else ())):
+        net.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, m.training)))
+    config = DistillConfig(method=method, batch=4)
+    rng = torch.Generator().manual_seed(0)
+    fake_score_step(fake, adam(fake.parameters(), 1e-4), generator, 4, -1.2, 1.2, rng, 1, gan=gan)
+    assert set(seen) == {("generator", False), ("fake", True), *((("head", True),) if gan else ())}
+    assert generator.training and fake.training  # restored
+    seen.clear()
+    generator_step(generator, adam(generator.parameters(), 1e-4), target, fake, config, rng, 1, gan=gan)
+    assert set(seen) == {("generator", True), ("fake", False), ("target", False), *((("head", False),) if gan else ())}
+    assert generator.training and fake.training and (gan is None or gan.head.training)
+    # the modes matter here: the same input through the fake score differs between train and eval mode
+    x, s = torch.randn(2, 1, 8, 8), torch.ones(2)
+    with torch.no_grad():
+        assert not torch.equal(fake.train()(x, s), fake.eval()(x, s))
+
+
 def test_generator_and_gan_noise_levels_of_dmd2_use_the_grid():
     """DMD / DMD2's generator: indices 20..980 inclusive (DMD2's randint(min_step, max_step + 1)); their GAN term's
     noisy images: the whole grid, as the fake score."""
