@@ -22,7 +22,7 @@ from .checkpoint import ArtifactError, RunLog, TrainingState, fingerprint, load_
     write_json
 from .config import DistillConfig, check_config
 from .diffusion import heun_nfe
-from .generator import EMA, check_teacher_module, frozen_copy, make_generator, trainable_copy
+from .generator import EMA, check_label_range, check_teacher_module, frozen_copy, make_generator, trainable_copy
 from .networks.discriminator import make_discriminator_head
 from .path import DegradationPath, TargetSchedule
 from .progress import bar as progress_bar
@@ -225,9 +225,8 @@ def as_real_data(real_data, teacher, config: DistillConfig) -> RealData | None:
     if bool(teacher.label_dim) != (real.labels is not None):
         raise ValueError(f"real_data: labels {'missing' if real.labels is None else 'given'}, but the teacher has "
                          f"label_dim={teacher.label_dim}")
-    if real.labels is not None and (real.labels.min() < 0 or real.labels.max() >= teacher.label_dim):
-        raise ValueError(f"real_data: labels must be in [0, {teacher.label_dim}) (the teacher's classes); got values "
-                         f"in [{int(real.labels.min())}, {int(real.labels.max())}]")
+    if real.labels is not None:
+        check_label_range("real_data: labels", real.labels, teacher.label_dim, "the teacher's classes")
     return real
 
 

@@ -116,6 +116,13 @@ def generate(generator: nn.Module, seeds, data_shape, label_dim: int = 0, labels
     return out, labels
 
 
+def check_label_range(name: str, labels: torch.Tensor, classes: int, whose: str) -> None:
+    """Refuse class labels outside ``[0, classes)`` (they would index past a network's label embedding)."""
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"{name}: must be in [0, {classes}) ({whose}); got values in [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+
+
 def _check_generate(generator, seeds, data_shape, label_dim, labels, batch) -> None:
     """Refuse arguments ``generate`` would otherwise fail on deep inside the network (or silently misuse)."""
     if isinstance(seeds, (int, str, bytes)) or len(seeds) == 0:
@@ -131,9 +138,8 @@ def _check_generate(generator, seeds, data_shape, label_dim, labels, batch) -> N
         if not torch.is_tensor(labels) or labels.shape != (len(seeds),) or labels.is_floating_point():
             raise ValueError(f"labels: must be an integer tensor [{len(seeds)}] (one per seed); got "
                              f"{tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__}")
-        if classes and (labels.min() < 0 or labels.max() >= classes):
-            raise ValueError(f"labels: must be in [0, {classes}) (the network's classes); got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+        if classes:
+            check_label_range("labels", labels, classes, "the network's classes")
     elif classes is not None and label_dim and label_dim != classes:
         raise ValueError(f"label_dim={label_dim!r}: the generator's network has label_dim={classes} (0 = "
                          f"unconditional)")

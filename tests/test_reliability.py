@@ -482,6 +482,10 @@ BAD_INPUTS = {
         lambda t, p, tmp: generate(make_generator(_labelled_teacher(), 2.5), range(4), (2,), 3,
                                    labels=torch.zeros(2, dtype=torch.long)),
         ["labels:", "integer tensor [4]", "(2,)"]),
+    "generate: labels out of the network's classes": (
+        lambda t, p, tmp: generate(make_generator(_labelled_teacher(), 2.5), range(4), (2,), 3,
+                                   labels=torch.tensor([0, 1, 2, 3])),
+        ["labels:", "in [0, 3)", "the network's classes", "[0, 3]"]),
     "generate: no seeds": (lambda t, p, tmp: generate(make_generator(t, 2.5), [], (2,)),
                            ["seeds:", "non-empty sequence", "[]"]),
     "generate: batch 0": (lambda t, p, tmp: generate(make_generator(t, 2.5), range(4), (2,), batch=0),
