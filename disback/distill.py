@@ -108,6 +108,10 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     for name, fn in (("metric_fn", metric_fn), ("probe_fn", probe_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name}: must be a callable or None; got {type(fn).__name__}")
+    if path is not None and not (config.backtrack or config.fake_from_path):
+        raise ValueError("path: given, but this config neither backtracks (backtrack=True, or disback.backtrack) nor "
+                         "starts the fake score from it (fake_from_path=True, the control arm); a baseline takes no "
+                         "path (pass path=None)")
     run_dir.mkdir(parents=True, exist_ok=True)
     schedule = make_schedule(config, path)
     if config.backtrack or config.fake_from_path:

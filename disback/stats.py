@@ -180,7 +180,8 @@ def mean_log_metric(steps, values) -> np.ndarray:
 
 
 def mean_ci(values, level: float = 0.95) -> dict:
-    """Mean, sample std and Student-t confidence interval of the mean."""
+    """Mean, sample std and Student-t confidence interval of the mean (one value: std and interval are nan, not 0:
+    a single seed says nothing about the spread)."""
     from scipy import stats
 
     v = np.asarray(values, np.float64)
@@ -188,6 +189,6 @@ def mean_ci(values, level: float = 0.95) -> dict:
         raise ValueError(f"values: must be 1-D (one value per seed); got shape {v.shape}")
     _check_level(level)
     m = float(v.mean())
-    sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
     half = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * sd / np.sqrt(len(v))) if len(v) > 1 else float("nan")
     return {"mean": m, "std": sd, "ci_low": m - half, "ci_high": m + half, "level": level, "n": int(len(v))}

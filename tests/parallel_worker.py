@@ -46,7 +46,7 @@ def main(teacher_dir, out) -> None:
     loop.distill(teacher, DISTILL, out / "distill", path=path, progress=False)
     loop.generator_step = stop_at(loop.generator_step, STOP_AT)
     try:
-        loop.distill(teacher, PREEMPTED, out / "preempted", path=path, progress=False)
+        loop.distill(teacher, PREEMPTED, out / "preempted", progress=False)
     except Preempted:
         pass
     else:

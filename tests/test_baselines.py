@@ -355,3 +355,5 @@ def test_speedup_ratio_interval_and_censoring():
 def test_mean_ci_matches_student_t():
     ci = mean_ci([1.0, 2.0, 3.0, 4.0])
     assert ci["mean"] == 2.5 and ci["ci_high"] - 2.5 == pytest.approx(3.182446 * np.std([1, 2, 3, 4], ddof=1) / 2)
+    one = mean_ci([3.0])  # one seed: no spread to report (it said std 0 before)
+    assert one["mean"] == 3.0 and one["n"] == 1 and all(np.isnan(one[k]) for k in ("std", "ci_low", "ci_high"))

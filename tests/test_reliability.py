@@ -404,6 +404,9 @@ BAD_INPUTS = {
         lambda t, p, tmp: disback.backtrack(t, p, DistillConfig(iters=30, iters_per_node=10, batch=16), tmp,
                                             progress=False),
         ["iters_per_node=10", "with 4 nodes the teacher becomes the target at update 30", "must be < 10"]),
+    "a path for a baseline (silently unused before)": (
+        lambda t, p, tmp: disback.distill(t, DistillConfig(iters=2), tmp, path=p, progress=False),
+        ["path: given", "backtrack=True", "fake_from_path=True", "path=None"]),
     "backtrack without a path": (lambda t, p, tmp: disback.distill(t, DistillConfig(backtrack=True), tmp,
                                                                    progress=False),
                                  ["backtrack=True", "needs a DegradationPath"]),
