@@ -14,6 +14,7 @@ help:
 	@echo "make reproduce    run every notebook at PROFILE=$(PROFILE) into results/$(PROFILE)/ and regenerate REPORT.md"
 	@echo "make test         unit tests (tests/) and every notebook at smoke scale under nbval"
 	@echo "make smoke        make reproduce PROFILE=smoke (seconds)"
+	@echo "make reproduce PROFILE=cpu_extra   after make reproduce: notebook 04's four methods on digits too (~20 min)"
 	@echo "make report       regenerate REPORT.md from results/$(PROFILE)/"
 	@echo "make bench        measured costs (ratios timed in one process) into results/$(PROFILE)/bench.json, then REPORT.md"
 	@echo "make lab          JupyterLab on this repository with the disback kernel (LAB_PORT=8888)"
@@ -22,7 +23,7 @@ help:
 	@echo "make clean-runs   empty runs/$(PROFILE)/ (the shared runs; time a full reproduction from none)"
 	@echo "make convert-teacher PKL=... OUT=...  convert a downloaded EDM pickle to safetensors (safe loader)"
 	@echo "make download     paper scale: EDM teachers (converted), FID references, Inception weights into ASSETS"
-	@echo "variables: PROFILE=smoke|cpu|paper (default cpu), SETTING=ring2d|digits|ffhq64|afhqv2_64|imagenet64|sd15|sdxl (one setting), JOBS=2,"
+	@echo "variables: PROFILE=smoke|cpu|cpu_extra|paper (default cpu), SETTING=ring2d|digits|ffhq64|afhqv2_64|imagenet64|sd15|sdxl (one setting), JOBS=2,"
 	@echo "           ASSETS=<folder> (paper-scale asset cache; default \$$DISBACK_ASSETS, else ~/.cache/disback)"
 
 setup: $(STAMP)
@@ -95,10 +96,12 @@ $(OUTDIR)/%.ipynb: params/$(PROFILE)/%.yaml
 	    || { tail -30 $(OUTDIR)/$$stem.log; exit 1; }; \
 	  echo "$$(date +%H:%M:%S) == done  $$stem in $$(( $$(date +%s) - t0 )) s" >> $(PROGRESS)
 
-# REPORT.md is the cpu profile's; other profiles write results/<profile>/REPORT.md.
-REPORT_OUT = $(if $(filter cpu,$(PROFILE)),REPORT.md,results/$(PROFILE)/REPORT.md)
+# REPORT.md is the cpu profile's, with the cpu_extra profile's records merged in (it builds on cpu's runs); other
+# profiles write results/<profile>/REPORT.md.
+REPORT_PROFILE = $(if $(filter cpu_extra,$(PROFILE)),cpu,$(PROFILE))
+REPORT_OUT = $(if $(filter cpu,$(REPORT_PROFILE)),REPORT.md,results/$(PROFILE)/REPORT.md)
 report: setup
-	$(PY) -m disback.report --results results --profile $(PROFILE) --out $(REPORT_OUT)
+	$(PY) -m disback.report --results results --profile $(REPORT_PROFILE) --out $(REPORT_OUT)
 
 # Both cores: the unit tests as two pytest-xdist workers (whole files each), then the notebooks in two groups side
 # by side: 01-06 in order in one process (they read each other's smoke runs), the paper-scale 07-10 in the other;

@@ -133,3 +133,39 @@ def test_report_summary_says_how_well_stage_1_fits_g0(tmp_path):
     line = next(x for x in report.render(tmp_path / "results", "cpu", tmp_path, CLAIMS).splitlines()
                 if x.startswith("- **ring2d, stage 1**"))
     assert "reaches" not in line and line.endswith("uses that path.")
+
+
+def test_report_merges_a_profile_built_on_this_one_while_its_base_records_are_unchanged(tmp_path):
+    """A cpu_extra record (summary.base_profile "cpu") replaces cpu's record of the same notebook and setting while
+    the cpu records it read are byte-for-byte the ones it saw; once cpu is rerun it is named as stale, not shown."""
+    from disback.notebook import record_digest
+
+    results = tmp_path / "results"
+    base, extra = results / "cpu" / "metrics", results / "cpu_extra" / "metrics"
+    base.mkdir(parents=True)
+    extra.mkdir(parents=True)
+
+    def rec4(profile, methods, ratio, **more):
+        s = _speedup(ratio, ratio - 0.1, ratio + 0.1)
+        return {"notebook": "04_baselines", "setting": "digits", "profile": profile, "status": "ok", "primary": "fid",
+                "figures": [], "tables": [], "summary": {
+                    "seeds": [0, 1, 2, 3, 4], "iters": 300, "threshold": 0.3, "threshold_factor": 2.5,
+                    "headline_share": 0.1, "num_nodes": 4, **more,
+                    "methods": {m: {"speedup_updates": s, "speedup_compute": s, "baseline": {"reached": [True] * 5},
+                                    "DisBack": {"reached": [True] * 5}} for m in methods}}}
+
+    record3 = base / "03_distribution_backtracking__digits.json"
+    record3.write_text(json.dumps({"notebook": "03_distribution_backtracking", "setting": "digits", "status": "x"}))
+    (base / "04_baselines__digits.json").write_text(json.dumps(rec4("cpu", ["diff_instruct"], 0.5)))
+    (extra / "04_baselines__digits.json").write_text(json.dumps(rec4(
+        "cpu_extra", ["diff_instruct", "dmd", "dmd2", "sid"], 0.5, base_profile="cpu",
+        base_records={"03_distribution_backtracking": record_digest(record3)})))
+    text = report.render(results, "cpu", tmp_path, CLAIMS)
+    row = next(x for x in text.splitlines() if "**sid**" in x and "| digits |" in x)
+    assert "0.50x" in row and "results/cpu_extra/metrics/04_baselines__digits.json" in row
+    assert "From profile `cpu_extra`" in text and "stale" not in text
+    record3.write_text(record3.read_text() + " ")  # cpu rerun: its record changed
+    text = report.render(results, "cpu", tmp_path, CLAIMS)
+    row = next(x for x in text.splitlines() if "**sid**" in x and "| digits |" in x)
+    assert "pending: not in this profile" in row and "results/cpu/metrics/04_baselines__digits.json" in row
+    assert "Not shown, stale: `04_baselines` (digits) of profile `cpu_extra`" in text

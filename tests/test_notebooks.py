@@ -83,6 +83,19 @@ def test_every_notebook_runs_on_digits_through_parameters(tmp_path, monkeypatch)
     assert teacher["primary"] == "fid" and teacher["summary"]["teacher"]["fid"] > 0
     assert "run 2/2 (seed 1) done" in log.read_text()
     assert len(list((tmp_path / "runs" / "smoke" / "digits" / "cache").glob("digits*/classifier.json"))) == 1
+    # A profile built on this one (as cpu_extra on cpu): notebook 04 with a method more, two processes side by side
+    # inside the kernel; it writes its own results only, keeps what it was built on, and adds no runs folder.
+    extra = {**common, **DIGITS_TINY["04_baselines"], "methods": ["diff_instruct", "sid", "dmd"],
+             "base_profile": "smoke", "jobs": 2}
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+    run(ROOT / "notebooks" / "04_baselines.ipynb", tmp_path / "extra.yaml", tmp_path / "extra.ipynb", "smoke_extra",
+        cwd=ROOT / "notebooks")
+    record = json.loads((tmp_path / "results" / "smoke_extra" / "metrics" / "04_baselines__digits.json").read_text())
+    assert list(record["summary"]["methods"]) == ["diff_instruct", "sid", "dmd"]
+    assert record["summary"]["base_profile"] == "smoke"
+    assert set(record["summary"]["base_records"]) == {"01_teacher_setup", "03_distribution_backtracking"}
+    assert not (tmp_path / "runs" / "smoke_extra").exists()
+    assert "helper process ended" not in (tmp_path / "extra.ipynb").read_text()  # no helper failed (it warns)
 
 
 def test_notebook_setup_gives_folders_setting_records_and_outputs(tmp_path, capsys):

@@ -154,3 +154,44 @@ def test_an_unnamed_probe_run_waits_for_the_lock_before_it_empties_the_folder(st
         experiments.SHARED_RUN_WAIT = old_wait
         holder.kill()
         holder.wait()
+
+
+def test_side_by_side_helpers_train_the_same_runs_bitwise_under_a_base_profile(stage, tmp_path, one_thread):
+    """A profile built on another (``base_profile``) loads its stage and records and shares its runs; a
+    ``side_by_side`` helper process trains them (here the block itself trains nothing, so the helper does it all)
+    and they are bitwise the runs one process trains; the record keeps what it was built on."""
+    import json
+    import os
+    import time
+
+    from disback import notebook
+
+    paths, teacher, path, data = stage
+    root = paths.runs.parent.parent  # <tmp>/runs; results beside it
+    (paths.results / "metrics").mkdir(parents=True, exist_ok=True)
+    paths.metrics("01_teacher_setup").write_text(json.dumps({"summary": {"teacher": {"w2": 0.25}}}))
+    ctx = notebook.setup("t_extra", "ring2d", root.parent / "results", root, 200, 50, {}, base_profile="t",
+                         num_train=512)
+    assert ctx.paths.runs == paths.runs and ctx.paths.results == root.parent / "results" / "t_extra"
+    assert ctx.threshold(2.0) == 0.5  # the base profile's notebook-01 record
+    configs = [CFG.replace(method="sid"), CFG.replace(method="dmd", backtrack=True)]
+    with ctx.side_by_side(teacher, configs, [0, 1], path, jobs=2):
+        pass  # the block returns once the helper has finished
+    done = time.time()
+    here = [ctx.runs(teacher, c, [0, 1], path, progress=False) for c in configs]
+    alone = Paths.make(tmp_path / "runs", tmp_path / "results", "t", "ring2d")
+    for c, runs in zip(configs, here):
+        for res, ref in zip(runs, shared_runs(alone, teacher, data, c, [0, 1], 50, path, progress=False)):
+            assert os.path.getmtime(res.run_dir / "state.json") < done  # trained by the helper, only loaded here
+            assert res.log == ref.log
+            a, b = res.generator.state_dict(), ref.generator.state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    out = json.loads(ctx.save_record("04_baselines", {"x": 1}).read_text())["summary"]
+    assert out["base_profile"] == "t" and list(out["base_records"]) == ["01_teacher_setup"]
+    with pytest.raises(ValueError, match="jobs=0: must be >= 1"):
+        with ctx.side_by_side(teacher, configs, [0], path, jobs=0):
+            pass
+    with pytest.raises(ValueError, match="cannot build on itself"):
+        notebook.setup("t", "ring2d", root.parent / "results", root, 200, 50, {}, base_profile="t")
+    with pytest.raises(FileNotFoundError, match="make reproduce PROFILE=nothing"):
+        notebook.setup("t_extra", "ring2d", root.parent / "results", root, 200, 50, {}, base_profile="nothing")
