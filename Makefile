@@ -72,12 +72,14 @@ stem_of = $(filter $(1)_%__$(2),$(STEMS))
 needs_of = $(or $(NEEDS_$(1)__$(2)),$(NEEDS_$(1)))
 $(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(call needs_of,$(firstword $(subst _, ,$(st))),$(lastword $(subst __, ,$(st)))),$(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(call stem_of,$(n),$(lastword $(subst __, ,$(st)))))))))
 
+# The runs a profile trains into: cpu_extra's notebooks build on the cpu profile's (params: base_profile).
+RUNS_PROFILE = $(if $(filter cpu_extra,$(PROFILE)),cpu,$(PROFILE))
 # `make -n reproduce` still runs the recipe's $(MAKE) line; a dry run records no time. (strip: a comment after the
 # value would leave trailing blanks in it, and then no run at all was recorded.)
 DRY_RUN = $(strip $(findstring n,$(firstword -$(MAKEFLAGS))))
 reproduce: setup
 	@test -n "$(STEMS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }
-	@empty=$$(test -z "$$(ls -A runs/$(PROFILE) 2>/dev/null | grep -v '^progress.log$$')" && echo 1 || echo 0); \
+	@empty=$$(test -z "$$(ls -A runs/$(RUNS_PROFILE) 2>/dev/null | grep -v '^progress.log$$')" && echo 1 || echo 0); \
 	  mkdir -p $(OUTDIR) runs/$(PROFILE); : > $(PROGRESS); \
 	  tail -n0 -F $(PROGRESS) 2>/dev/null & tailer=$$!; \
 	  start=$$(date +%s); \
