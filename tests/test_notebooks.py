@@ -91,7 +91,7 @@ def test_every_notebook_runs_on_digits_through_parameters(tmp_path, monkeypatch)
     run(ROOT / "notebooks" / "04_baselines.ipynb", tmp_path / "extra.yaml", tmp_path / "extra.ipynb", "smoke_extra",
         cwd=ROOT / "notebooks")
     record = json.loads((tmp_path / "results" / "smoke_extra" / "metrics" / "04_baselines__digits.json").read_text())
-    assert list(record["summary"]["methods"]) == ["diff_instruct", "sid", "dmd"]
+    assert set(record["summary"]["methods"]) == {"diff_instruct", "sid", "dmd"}
     assert record["summary"]["base_profile"] == "smoke"
     assert set(record["summary"]["base_records"]) == {"01_teacher_setup", "03_distribution_backtracking"}
     assert not (tmp_path / "runs" / "smoke_extra").exists()
