@@ -108,15 +108,16 @@ class Notebook:
                 helpers[-1].start()
         try:
             yield
+        except BaseException:  # the notebook stopped (an error, an interrupt): so do its helpers
+            for h in helpers:
+                h.terminate()
+            raise
         finally:
             for h in helpers:
-                h.join(timeout=None if not _unwinding() else 0)
-                if h.is_alive():
-                    h.terminate()
-                    h.join()
-                elif h.exitcode:
-                    warnings.warn(f"side_by_side: a helper process ended with exit code {h.exitcode}; the notebook "
-                                  f"trained its runs itself", stacklevel=3)
+                h.join()
+        for code in [h.exitcode for h in helpers if h.exitcode]:
+            warnings.warn(f"side_by_side: a helper process ended with exit code {code}; the notebook trained its "
+                          f"runs itself", stacklevel=3)
 
     def table(self, rows: list[dict], name: str) -> list[Path]:
         """Save ``rows`` as ``tables/<name>__<setting>.csv`` and ``.md``, print the Markdown; returns both paths."""
@@ -140,12 +141,6 @@ def record_digest(f: Path) -> str | None:
     """sha256 of a record file (``None`` when it is missing): a record built on it keeps this, and the report uses
     it only while the file is unchanged."""
     return hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None
-
-
-def _unwinding() -> bool:
-    import sys
-
-    return sys.exc_info()[0] is not None
 
 
 def _help_train(spec: dict, pairs: list, path_dir: str | None, threads: int) -> None:

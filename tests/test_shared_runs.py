@@ -195,3 +195,20 @@ def test_side_by_side_helpers_train_the_same_runs_bitwise_under_a_base_profile(s
         notebook.setup("t", "ring2d", root.parent / "results", root, 200, 50, {}, base_profile="t")
     with pytest.raises(FileNotFoundError, match="make reproduce PROFILE=nothing"):
         notebook.setup("t_extra", "ring2d", root.parent / "results", root, 200, 50, {}, base_profile="nothing")
+
+
+def test_side_by_side_stops_its_helpers_when_the_notebook_stops(stage, one_thread):
+    """An error inside the block (a failing cell, an interrupt) terminates the helpers instead of waiting for them."""
+    import time
+
+    from disback import notebook
+
+    paths, teacher, path, _ = stage
+    root = paths.runs.parent.parent
+    ctx = notebook.setup("t_stop", "ring2d", root.parent / "results", root, 200, 50, {}, base_profile="t",
+                         num_train=512)
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        with ctx.side_by_side(teacher, [CFG.replace(iters=3000, eval_every=0)], [7], path, jobs=2):
+            raise KeyboardInterrupt
+    assert time.time() - start < 30  # 3000 updates would take minutes
