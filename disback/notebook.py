@@ -87,24 +87,26 @@ class Notebook:
     def side_by_side(self, teacher, configs, seeds, path: DegradationPath | None = None, jobs: int = 1):
         """Inside the block, ``jobs - 1`` helper processes train the shared runs of ``configs`` x ``seeds`` while the
         notebook's own ``runs`` calls, in the block, go through them from the first: helper ``j`` takes every
-        ``(jobs - 1)``-th run from the last one backwards. A run is trained once (its folder's lock: whoever comes
+        ``(jobs - 1)``-th run from the last one backwards. ``configs``: ``DistillConfig``s (their runs use ``path``)
+        or ``(config, path)`` pairs (notebook 05: each variant its own path). A run is trained once (its folder's lock: whoever comes
         second waits, then loads it) and is the same run bitwise whoever trains it (runs are deterministic and keyed
         by what they depend on). ``jobs=1`` does nothing. A helper that fails only costs time: the notebook then
         trains its runs itself (a warning says so)."""
         jobs = int(jobs)
         if jobs < 1:
             raise ValueError(f"jobs={jobs!r}: must be >= 1 (1 = the notebook trains its runs alone)")
-        pairs = [(cfg.to_dict(), int(seed)) for cfg in configs for seed in seeds]
+        with_paths = [c if isinstance(c, tuple) else (c, path) for c in configs]
+        pairs = [(cfg.to_dict(), None if p is None else str(p.root), int(seed)) for cfg, p in with_paths
+                 for seed in seeds]
         helpers = []
         if jobs > 1 and pairs:
             import torch
 
             ctx = multiprocessing.get_context("spawn")
-            path_dir = None if path is None else str(path.root)
             for j in range(jobs - 1):
                 share = pairs[::-1][j::jobs - 1]
                 helpers.append(ctx.Process(target=_help_train, daemon=True,
-                                           args=(self.spec, share, path_dir, torch.get_num_threads())))
+                                           args=(self.spec, share, torch.get_num_threads())))
                 helpers[-1].start()
         try:
             yield
@@ -143,17 +145,18 @@ def record_digest(f: Path) -> str | None:
     return hashlib.sha256(Path(f).read_bytes()).hexdigest() if Path(f).is_file() else None
 
 
-def _help_train(spec: dict, pairs: list, path_dir: str | None, threads: int) -> None:
-    """A ``side_by_side`` helper process: rebuild the notebook's setting, teacher and path, and train ``pairs``
-    (config dict, seed) as the notebook's ``runs`` would, quietly."""
+def _help_train(spec: dict, pairs: list, threads: int) -> None:
+    """A ``side_by_side`` helper process: rebuild the notebook's setting and teacher, and train ``pairs`` (config
+    dict, path folder or ``None``, seed) as the notebook's ``runs`` would, quietly."""
     import torch
 
     torch.set_num_threads(threads)
     ctx = setup(**spec, style=False)
-    teacher, stage_path = ctx.stage()
-    path = stage_path if path_dir is None or str(stage_path.root) == path_dir else DegradationPath.load(path_dir)
-    for cfg, seed in pairs:
-        ctx.runs(teacher, DistillConfig.from_dict(cfg), [seed], path, progress=False)
+    teacher, paths = ctx.teacher(), {}
+    for cfg, path_dir, seed in pairs:
+        if path_dir is not None and path_dir not in paths:
+            paths[path_dir] = DegradationPath.load(path_dir)
+        ctx.runs(teacher, DistillConfig.from_dict(cfg), [seed], paths.get(path_dir), progress=False)
 
 
 def setup(profile: str, setting: str, results_root, runs_root, num_reference: int, num_eval: int,

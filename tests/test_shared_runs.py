@@ -175,7 +175,7 @@ def test_side_by_side_helpers_train_the_same_runs_bitwise_under_a_base_profile(s
     assert ctx.paths.runs == paths.runs and ctx.paths.results == root.parent / "results" / "t_extra"
     assert ctx.threshold(2.0) == 0.5  # the base profile's notebook-01 record
     configs = [CFG.replace(method="sid"), CFG.replace(method="dmd", backtrack=True)]
-    with ctx.side_by_side(teacher, configs, [0, 1], path, jobs=2):
+    with ctx.side_by_side(teacher, [configs[0], (configs[1], path)], [0, 1], jobs=2):  # a config, a (config, path)
         pass  # the block returns once the helper has finished
     done = time.time()
     here = [ctx.runs(teacher, c, [0, 1], path, progress=False) for c in configs]
