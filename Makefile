@@ -14,7 +14,7 @@ help:
 	@echo "make reproduce    run every notebook at PROFILE=$(PROFILE) into results/$(PROFILE)/ and regenerate REPORT.md"
 	@echo "make test         unit tests (tests/) and every notebook at smoke scale under nbval"
 	@echo "make smoke        make reproduce PROFILE=smoke (seconds)"
-	@echo "make reproduce PROFILE=cpu_extra   after make reproduce: notebook 04's four methods on digits too (~20 min)"
+	@echo "make reproduce PROFILE=cpu_extra   after make reproduce: 04's four methods and 05 for DMD and SiD on digits (~35 min)"
 	@echo "make report       regenerate REPORT.md from results/$(PROFILE)/"
 	@echo "make bench        measured costs (ratios timed in one process) into results/$(PROFILE)/bench.json, then REPORT.md"
 	@echo "make lab          JupyterLab on this repository with the disback kernel (LAB_PORT=8888)"
@@ -67,6 +67,10 @@ NEEDS_04 := 03
 NEEDS_05 := 03
 NEEDS_06 := 03
 NEEDS_05__ring2d := 04
+# cpu_extra (built on cpu's runs): 05 reuses 04's runs and each trains with two processes, so one after the other.
+ifeq ($(PROFILE),cpu_extra)
+NEEDS_05 := 04
+endif
 NEEDS_06__ring2d := 05
 stem_of = $(filter $(1)_%__$(2),$(STEMS))
 needs_of = $(or $(NEEDS_$(1)__$(2)),$(NEEDS_$(1)))
