@@ -1,6 +1,8 @@
 # Two commands a newcomer needs: `make reproduce` (PROFILE=cpu by default) and `make test`.
 # Both create .venv from nothing when it is missing.
 PROFILE ?= cpu
+# The profile whose runs and REPORT.md a profile uses: cpu_extra builds on cpu (its params: base_profile: cpu).
+BASE_PROFILE = $(if $(filter cpu_extra,$(PROFILE)),cpu,$(PROFILE))
 SETTING ?= *
 PYTHON ?= python3
 VENV := .venv
@@ -76,14 +78,12 @@ stem_of = $(filter $(1)_%__$(2),$(STEMS))
 needs_of = $(or $(NEEDS_$(1)__$(2)),$(NEEDS_$(1)))
 $(foreach st,$(STEMS),$(eval $(OUTDIR)/$(st).ipynb: $(foreach n,$(call needs_of,$(firstword $(subst _, ,$(st))),$(lastword $(subst __, ,$(st)))),$(addprefix $(OUTDIR)/,$(addsuffix .ipynb,$(call stem_of,$(n),$(lastword $(subst __, ,$(st)))))))))
 
-# The runs a profile trains into: cpu_extra's notebooks build on the cpu profile's (params: base_profile).
-RUNS_PROFILE = $(if $(filter cpu_extra,$(PROFILE)),cpu,$(PROFILE))
 # `make -n reproduce` still runs the recipe's $(MAKE) line; a dry run records no time. (strip: a comment after the
 # value would leave trailing blanks in it, and then no run at all was recorded.)
 DRY_RUN = $(strip $(findstring n,$(firstword -$(MAKEFLAGS))))
 reproduce: setup
 	@test -n "$(STEMS)" || { echo "no parameter files in params/$(PROFILE)/"; exit 2; }
-	@empty=$$(test -z "$$(ls -A runs/$(RUNS_PROFILE) 2>/dev/null | grep -v '^progress.log$$')" && echo 1 || echo 0); \
+	@empty=$$(test -z "$$(ls -A runs/$(BASE_PROFILE) 2>/dev/null | grep -v '^progress.log$$')" && echo 1 || echo 0); \
 	  mkdir -p $(OUTDIR) runs/$(PROFILE); : > $(PROGRESS); \
 	  tail -n0 -F $(PROGRESS) 2>/dev/null & tailer=$$!; \
 	  start=$$(date +%s); \
@@ -104,10 +104,9 @@ $(OUTDIR)/%.ipynb: params/$(PROFILE)/%.yaml
 
 # REPORT.md is the cpu profile's, with the cpu_extra profile's records merged in (it builds on cpu's runs); other
 # profiles write results/<profile>/REPORT.md.
-REPORT_PROFILE = $(if $(filter cpu_extra,$(PROFILE)),cpu,$(PROFILE))
-REPORT_OUT = $(if $(filter cpu,$(REPORT_PROFILE)),REPORT.md,results/$(PROFILE)/REPORT.md)
+REPORT_OUT = $(if $(filter cpu,$(BASE_PROFILE)),REPORT.md,results/$(PROFILE)/REPORT.md)
 report: setup
-	$(PY) -m disback.report --results results --profile $(REPORT_PROFILE) --out $(REPORT_OUT)
+	$(PY) -m disback.report --results results --profile $(BASE_PROFILE) --out $(REPORT_OUT)
 
 # Both cores: the unit tests as two pytest-xdist workers (whole files each), then the notebooks in two groups side
 # by side: 01-06 in order in one process (they read each other's smoke runs), the paper-scale 07-10 in the other;

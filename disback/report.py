@@ -49,10 +49,8 @@ def _extensions(results: Path, profile: str, records: dict) -> tuple[dict, list[
     from .notebook import record_digest
 
     merged, stale = dict(records), []
-    for f in sorted(results.glob("*/metrics/*.json")):
-        if f.parent.parent.name == profile:
-            continue
-        rec = json.loads(f.read_text())
+    others = sorted(d.parent.name for d in results.glob("*/metrics") if d.parent.name != profile)
+    for rec, f in (found for other in others for found in _load(results, other).values()):
         if rec.get("summary", {}).get("base_profile") != profile:
             continue
         read = rec["summary"].get("base_records", {})
