@@ -211,12 +211,14 @@ class Variant(NamedTuple):
     config: DistillConfig
 
 
-def variant_config(headline: dict, method: str, kind: str, num_nodes: int = 0, share: float = 0.0) -> DistillConfig:
+def variant_config(headline: dict, method: str, kind: str, num_nodes: int = 0, share: float = 0.0,
+                   options: dict | None = None) -> DistillConfig:
     """The DistillConfig of a ``kind`` ("baseline", "control" or "disback") variant of ``method`` from notebook 03's
-    headline configurations (``headline``: its record's summary); DisBack's spends ``share`` of the updates on
+    headline configurations (``headline``: its record's summary) with the method's ``options`` (DistillConfig
+    fields, e.g. DMD2's ``fake_steps``, as notebook 04 sets them); DisBack's spends ``share`` of the updates on
     the ``num_nodes - 1`` intermediate nodes."""
     cfg = DistillConfig.from_dict({**headline["headline"]["baseline" if kind == "baseline" else "DisBack"],
-                                   "method": method})
+                                   "method": method, **(options or {})})
     if kind == "control":
         return cfg.replace(backtrack=False, fake_from_path=True)
     if kind == "disback":
@@ -225,19 +227,27 @@ def variant_config(headline: dict, method: str, kind: str, num_nodes: int = 0, s
 
 
 def ablation_variants(headline: dict, path_config: DegradeConfig, node_counts: dict, shares,
-                      extra_paths: dict) -> list[Variant]:
+                      extra_paths: dict, method_options: dict | None = None) -> list[Variant]:
     """Notebook 05's grid: per method its baseline, its control arm and DisBack at every (number of nodes, share)
     on ``path_config`` with that many nodes; then Diff-Instruct at the headline share on each of ``extra_paths``
-    (name -> DegradeConfig)."""
+    (name -> DegradeConfig). ``method_options``: method -> DistillConfig overrides for all of its variants."""
+    method_options = method_options or {}
+    unknown = sorted(set(method_options) - set(node_counts) - ({"diff_instruct"} if extra_paths else set()))
+    if unknown:
+        raise ValueError(f"method_options: {unknown} not in node_counts {sorted(node_counts)}")
     variants = []
     for method, counts in node_counts.items():
-        variants += [Variant(method, "baseline", "baseline", None, variant_config(headline, method, "baseline")),
-                     Variant(method, "control", "control", path_config, variant_config(headline, method, "control"))]
+        opts = method_options.get(method)
+        variants += [Variant(method, "baseline", "baseline", None, variant_config(headline, method, "baseline",
+                                                                                 options=opts)),
+                     Variant(method, "control", "control", path_config,
+                             variant_config(headline, method, "control", options=opts))]
         variants += [Variant(method, f"N={n}", f"N={n}, {s:.0%}", path_config.replace(num_nodes=n),
-                             variant_config(headline, method, "disback", n, s)) for n in counts for s in shares]
+                             variant_config(headline, method, "disback", n, s, opts)) for n in counts for s in shares]
     share = headline["headline_share"]
     variants += [Variant("diff_instruct", name, f"{name} path, {share:.0%}", dcfg,
-                         variant_config(headline, "diff_instruct", "disback", path_config.num_nodes, share))
+                         variant_config(headline, "diff_instruct", "disback", path_config.num_nodes, share,
+                                        method_options.get("diff_instruct")))
                  for name, dcfg in extra_paths.items()]
     return variants
 

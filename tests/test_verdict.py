@@ -11,10 +11,10 @@ from scipy import stats as sstats
 import disback
 import disback.experiments
 import disback.settings
-from disback.analysis import (compare, convergence, iters_per_node_for_share, schedule_share, stage1_cost,
-                              threshold_sweep)
+from disback.analysis import (ablation_variants, compare, convergence, iters_per_node_for_share, schedule_share,
+                              stage1_cost, threshold_sweep)
 from disback.checkpoint import fingerprint
-from disback.config import DistillConfig, TeacherConfig
+from disback.config import DegradeConfig, DistillConfig, TeacherConfig
 from disback.data import GaussianMixture, ring_mixture
 from disback.diffusion import karras_curve, sample_loss_sigma
 from disback.distill import load_snapshot
@@ -145,6 +145,21 @@ def test_share_of_updates_on_intermediate_nodes():
     for bad in ({"share": 0.0, "num_nodes": 4}, {"share": 1.0, "num_nodes": 4}, {"share": 0.1, "num_nodes": 1}):
         with pytest.raises(ValueError):
             iters_per_node_for_share(iters=400, **bad)
+
+
+def test_schedule_grid_gives_every_arm_of_a_method_its_options():
+    arm = DistillConfig(iters=300, lr_fake=1e-3).to_dict()
+    headline = {"headline": {"baseline": arm, "DisBack": {**arm, "backtrack": True}}, "headline_share": 0.1}
+    variants = ablation_variants(headline, DegradeConfig(num_nodes=4), {"dmd2": [4], "sid": [2]}, [0.1, 0.5], {},
+                                 {"dmd2": {"fake_steps": 5}})
+    assert [(v.method, v.group) for v in variants] == [("dmd2", "baseline"), ("dmd2", "control"), ("dmd2", "N=4"),
+                                                       ("dmd2", "N=4"), ("sid", "baseline"), ("sid", "control"),
+                                                       ("sid", "N=2"), ("sid", "N=2")]
+    assert [v.config.fake_steps for v in variants] == [5] * 4 + [1] * 4  # the same for baseline, control, DisBack
+    assert variants[1].config.fake_from_path and not variants[1].config.backtrack
+    assert variants[3].config.iters_per_node == iters_per_node_for_share(0.5, 4, 300)
+    with pytest.raises(ValueError, match="dmd"):
+        ablation_variants(headline, DegradeConfig(num_nodes=4), {"sid": [4]}, [0.1], {}, {"dmd": {"fake_steps": 5}})
 
 
 def test_bca_and_t_intervals_agree_with_scipy_and_widen_at_small_n():
