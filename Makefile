@@ -16,7 +16,7 @@ help:
 	@echo "make reproduce    run every notebook at PROFILE=$(PROFILE) into results/$(PROFILE)/ and regenerate REPORT.md"
 	@echo "make test         unit tests (tests/) and every notebook at smoke scale under nbval"
 	@echo "make smoke        make reproduce PROFILE=smoke (seconds)"
-	@echo "make reproduce PROFILE=cpu_extra   after make reproduce: 04's four methods and 05 for DMD and SiD on digits (~35 min)"
+	@echo "make reproduce PROFILE=cpu_extra   after make reproduce: 04's four methods on digits, 05's for both settings (~65 min)"
 	@echo "make report       regenerate REPORT.md from results/$(PROFILE)/"
 	@echo "make bench        measured costs (ratios timed in one process) into results/$(PROFILE)/bench.json, then REPORT.md"
 	@echo "make lab          JupyterLab on this repository with the disback kernel (LAB_PORT=8888)"

@@ -251,8 +251,17 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
             rows.append((f"one-step / Heun sampling throughput, {p['teacher']}", p["status"],
                          f"NFE ratio {p['nfe_ratio']}x"))
     rows += [(f"notebook `{stem}` wall time", _minutes(d), "papermill metadata") for stem, d in r["notebooks"].items()]
-    for i, run in enumerate(reversed(r.get("make_reproduce", [])[-3:])):  # the latest first, then two before it
-        label = "`make reproduce` notebooks wall time" + ("" if i == 0 else f" (earlier run {i})")
+    if r["notebooks"]:  # one single-threaded process each: their sum is the work, half of it the least wall time on 2
+        total = sum(r["notebooks"].values())
+        rows.append(("notebooks' wall times, summed", _minutes(total),
+                     f"one single-threaded process each, so about the work in core time (less where one waited "
+                     f"for another's run); on 2 cores no schedule of them ends before {_minutes(total / 2)}"))
+    history = r.get("make_reproduce", [])
+    # The latest first, then two before it, and the first one recorded (the time before any speed-up work) last.
+    shown = [("" if i == 0 else f" (earlier run {i})", run) for i, run in enumerate(reversed(history[-3:]))]
+    shown += [(" (first recorded run)", history[0])] if len(history) > 3 else []
+    for which, run in shown:
+        label = "`make reproduce` notebooks wall time" + which
         how = (f"{'from empty runs/' if run['from_empty_runs'] else 'reusing finished runs'}, -j{run['jobs']}, "
                f"{'passed' if run['passed'] else 'FAILED'}, commit {run.get('commit') or '?'}, {run['finished']}"
                + (f"; {run['note']}" if run.get("note") else ""))

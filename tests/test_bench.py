@@ -60,8 +60,10 @@ def test_bench_table_and_report_section(smoke):
     """The CSV and Markdown tables hold one row per figure, and REPORT.md's section quotes them with the machine."""
     md = (smoke / "smoke" / "tables" / "bench.md").read_text()
     csv = (smoke / "smoke" / "tables" / "bench.csv").read_text().splitlines()
-    assert len(csv) == len(md.splitlines()) - 1 == 1 + 5 + 2 + 1 + 1  # header, 5 figures, 2 pending, notebook, test
+    assert len(csv) == len(md.splitlines()) - 1 == 1 + 5 + 2 + 2 + 1  # header, 5 figures, 2 pending, notebook+sum, test
     assert "| notebook `01_teacher_setup__ring2d` wall time | 1.2 min |" in md
+    assert "| notebooks' wall times, summed | 1.2 min | one single-threaded process each" in md
+    assert "no schedule of them ends before 37.5 s" in md
     assert "| `make test` wall time | 5.4 min | passed" in md
     lines = bench.bench_lines(smoke, "smoke", smoke.parent)
     assert lines[1] == "## Measured costs (`make bench`)"
@@ -108,6 +110,13 @@ def test_reproduce_times_accumulate_and_show_the_latest_first(tmp_path):
                                          **bench.wall_times(tmp_path, "smoke")}) if "make reproduce" in r[0]]
     assert rows[0][1] == "15.0 min" and "reusing finished runs" in rows[0][2]
     assert "earlier run 1" in rows[1][0] and rows[1][1] == "33.3 min" and "from empty runs/" in rows[1][2]
+    for seconds in (800.0, 700.0, 600.0):  # beyond three runs the first recorded one stays in the table, last
+        bench.main(["--profile", "smoke", "--results", str(tmp_path), "--record-reproduce-time", str(seconds),
+                    "--from-empty", "1", "--jobs", "2"])
+    rows = [r for r in bench.table_rows({**json.loads((ROOT / "results" / "cpu" / "bench.json").read_text()),
+                                         **bench.wall_times(tmp_path, "smoke")}) if "make reproduce" in r[0]]
+    assert [r[1] for r in rows] == ["10.0 min", "11.7 min", "13.3 min", "33.3 min"]
+    assert "first recorded run" in rows[-1][0] and "earlier run 2" in rows[2][0]
 
 
 def test_make_reproduce_records_its_time_unless_dry():

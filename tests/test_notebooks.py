@@ -96,6 +96,18 @@ def test_every_notebook_runs_on_digits_through_parameters(tmp_path, monkeypatch)
     assert set(record["summary"]["base_records"]) == {"01_teacher_setup", "03_distribution_backtracking"}
     assert not (tmp_path / "runs" / "smoke_extra").exists()
     assert "helper process ended" not in (tmp_path / "extra.ipynb").read_text()  # no helper failed (it warns)
+    # Notebook 05 built on it too, with DMD2's options on every arm of its grid (baseline, control, DisBack).
+    extra = {**common, **DIGITS_TINY["05_ablation_nodes"], "node_counts": {"dmd2": [2]}, "extra_rows": [],
+             "method_options": {"dmd2": {"fake_steps": 2}}, "base_profile": "smoke"}
+    (tmp_path / "extra05.yaml").write_text(yaml.safe_dump(extra))
+    run(ROOT / "notebooks" / "05_ablation_nodes.ipynb", tmp_path / "extra05.yaml", tmp_path / "extra05.ipynb",
+        "smoke_extra", cwd=ROOT / "notebooks")
+    record = json.loads((tmp_path / "results" / "smoke_extra" / "metrics" / "05_ablation_nodes__digits.json")
+                        .read_text())
+    assert {v["group"] for v in record["summary"]["variants"]} == {"baseline", "control", "N=2"}
+    keys = [json.loads(f.read_text())["config"]
+            for f in (tmp_path / "runs" / "smoke").glob("digits/distill/dmd2*/key.json")]
+    assert len(keys) == 3 and all(k["fake_steps"] == 2 for k in keys)
 
 
 def test_notebook_setup_gives_folders_setting_records_and_outputs(tmp_path, capsys):
