@@ -254,8 +254,9 @@ def table_rows(r: dict) -> list[tuple[str, str, str]]:
     if r["notebooks"]:  # one single-threaded process each: their sum is the work, half of it the least wall time on 2
         total = sum(r["notebooks"].values())
         rows.append(("notebooks' wall times, summed", _minutes(total),
-                     f"one single-threaded process each, so about the work in core time (less where one waited "
-                     f"for another's run); on 2 cores no schedule of them ends before {_minutes(total / 2)}"))
+                     f"one single-threaded process each: about the work in core time (over it where a notebook "
+                     f"waited for another's run or shared a core); on 2 cores no schedule of them ends before "
+                     f"{_minutes(total / 2)}"))
     history = r.get("make_reproduce", [])
     # The latest first, then two before it, and the first one recorded (the time before any speed-up work) last.
     shown = [("" if i == 0 else f" (earlier run {i})", run) for i, run in enumerate(reversed(history[-3:]))]
