@@ -8,6 +8,7 @@ files load as numbers; the Markdown copies format them for people.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from typing import NamedTuple
 
@@ -237,13 +238,11 @@ def ablation_variants(headline: dict, path_config: DegradeConfig, node_counts: d
         raise ValueError(f"method_options: {unknown} not in node_counts {sorted(node_counts)}")
     variants = []
     for method, counts in node_counts.items():
-        opts = method_options.get(method)
-        variants += [Variant(method, "baseline", "baseline", None, variant_config(headline, method, "baseline",
-                                                                                 options=opts)),
-                     Variant(method, "control", "control", path_config,
-                             variant_config(headline, method, "control", options=opts))]
+        config = functools.partial(variant_config, headline, method, options=method_options.get(method))
+        variants += [Variant(method, "baseline", "baseline", None, config("baseline")),
+                     Variant(method, "control", "control", path_config, config("control"))]
         variants += [Variant(method, f"N={n}", f"N={n}, {s:.0%}", path_config.replace(num_nodes=n),
-                             variant_config(headline, method, "disback", n, s, opts)) for n in counts for s in shares]
+                             config("disback", n, s)) for n in counts for s in shares]
     share = headline["headline_share"]
     variants += [Variant("diff_instruct", name, f"{name} path, {share:.0%}", dcfg,
                          variant_config(headline, "diff_instruct", "disback", path_config.num_nodes, share,
