@@ -143,27 +143,29 @@ def _stage2_section(rec: dict, f: Path, root: Path) -> list[str]:
 
 
 def _timings(results: Path, profile: str, root: Path) -> list[str]:
-    """Per-notebook papermill durations, their sum, and the elapsed time from the first start to the last end."""
+    """Per-notebook papermill durations with the processes each trained with (its ``jobs`` parameter), their sum,
+    and the elapsed time from the first start to the last end."""
     from datetime import datetime
 
     rows, spans = [], []
     for nb in sorted((results / profile / "notebooks").glob("*.ipynb")):
         meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
         if meta.get("duration") is not None:
-            rows.append((nb.stem, meta["duration"], meta.get("end_time", "")))
+            jobs = int(meta.get("parameters", {}).get("jobs", 1))
+            rows.append((nb.stem, meta["duration"], jobs, meta.get("end_time", "")))
             spans.append((meta.get("start_time"), meta.get("end_time")))
     if not rows:
         return ["No executed notebooks found."]
-    lines = ["| notebook run | wall time | finished |", "|---|---|---|"]
+    lines = ["| notebook run | wall time | processes | finished |", "|---|---|---|---|"]
     lines += [f"| [`{stem}`]({(results / profile / 'notebooks' / stem).relative_to(root)}.ipynb) | "
-              f"{d / 60:.1f} min | {end[:19]} |" for stem, d, end in rows]
-    lines.append(f"| **total (sum)** | **{sum(d for _, d, _ in rows) / 60:.1f} min** | |")
+              f"{d / 60:.1f} min | {jobs} | {end[:19]} |" for stem, d, jobs, end in rows]
+    lines.append(f"| **total (sum)** | **{sum(d for _, d, _, _ in rows) / 60:.1f} min** | | |")
     if all(a and b for a, b in spans):
         elapsed = max(map(datetime.fromisoformat, (b for _, b in spans))) - min(
             map(datetime.fromisoformat, (a for a, _ in spans)))
-        settings = sorted({stem.rsplit("__", 1)[-1] for stem, _, _ in rows})
+        settings = sorted({stem.rsplit("__", 1)[-1] for stem, _, _, _ in rows})
         how = f" ({len(settings)} settings, notebooks two at a time)" if len(settings) > 1 else ""
-        lines.append(f"| **elapsed, first start to last end**{how} | **{elapsed.total_seconds() / 60:.1f} min** | |")
+        lines.append(f"| **elapsed, first start to last end**{how} | **{elapsed.total_seconds() / 60:.1f} min** | | |")
     return lines
 
 

@@ -169,3 +169,19 @@ def test_report_merges_a_profile_built_on_this_one_while_its_base_records_are_un
     row = next(x for x in text.splitlines() if "**sid**" in x and "| digits |" in x)
     assert "pending: not in this profile" in row and "results/cpu/metrics/04_baselines__digits.json" in row
     assert "Not shown, stale: `04_baselines` (digits) of profile `cpu_extra`" in text
+
+
+def test_report_timings_name_each_notebooks_processes_and_the_elapsed_span(tmp_path):
+    """The run-time table reads papermill's metadata: wall time, the processes a notebook trained with (its ``jobs``
+    parameter, 1 when absent), their sum and the span from the first start to the last end."""
+    folder = tmp_path / "results" / "p" / "notebooks"
+    folder.mkdir(parents=True)
+    for stem, seconds, params, start, end in (
+            ("04_baselines__digits", 600.0, {"jobs": 2}, "2026-01-01T10:00:00", "2026-01-01T10:10:00"),
+            ("05_ablation_nodes__ring2d", 300.0, {}, "2026-01-01T10:00:00", "2026-01-01T10:20:00")):
+        meta = {"duration": seconds, "parameters": params, "start_time": start, "end_time": end}
+        (folder / f"{stem}.ipynb").write_text(json.dumps({"cells": [], "metadata": {"papermill": meta}}))
+    lines = report._timings(tmp_path / "results", "p", tmp_path)
+    assert lines[0] == "| notebook run | wall time | processes | finished |"
+    assert "| 10.0 min | 2 | 2026-01-01T10:10:00 |" in lines[2] and "| 5.0 min | 1 |" in lines[3]
+    assert "**15.0 min**" in lines[4] and "2 settings" in lines[5] and "**20.0 min**" in lines[5]
