@@ -174,13 +174,20 @@ def paper_sampling(results: Path) -> list[dict]:
     return out
 
 
-def wall_times(results: Path, profile: str) -> dict:
-    """Each executed notebook's papermill duration and the last recorded ``make test`` wall time."""
-    notebooks = {}
-    for nb in sorted((results / profile / "notebooks").glob("*.ipynb")):
+def papermill_runs(results: Path, profile: str) -> dict[str, dict]:
+    """Papermill's metadata (duration, start and end time, parameters) of each executed notebook of ``profile``
+    that has a duration, by name, in name order."""
+    found = {}
+    for nb in sorted((Path(results) / profile / "notebooks").glob("*.ipynb")):
         meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
         if meta.get("duration") is not None:
-            notebooks[nb.stem] = meta["duration"]
+            found[nb.stem] = meta
+    return found
+
+
+def wall_times(results: Path, profile: str) -> dict:
+    """Each executed notebook's papermill duration and the last recorded ``make test`` wall time."""
+    notebooks = {stem: meta["duration"] for stem, meta in papermill_runs(results, profile).items()}
     test_file, repro_file = results / TEST_TIME, results / profile / REPRODUCE_TIME
     test = read_json(test_file) if test_file.is_file() else {"missing": f"no {test_file.name}: run `make test`"}
     reproduce = read_json(repro_file)["runs"] if repro_file.is_file() else []

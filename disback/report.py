@@ -147,13 +147,12 @@ def _timings(results: Path, profile: str, root: Path) -> list[str]:
     and the elapsed time from the first start to the last end."""
     from datetime import datetime
 
-    rows, spans = [], []
-    for nb in sorted((results / profile / "notebooks").glob("*.ipynb")):
-        meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
-        if meta.get("duration") is not None:
-            jobs = int(meta.get("parameters", {}).get("jobs", 1))
-            rows.append((nb.stem, meta["duration"], jobs, meta.get("end_time", "")))
-            spans.append((meta.get("start_time"), meta.get("end_time")))
+    from .bench import papermill_runs
+
+    runs = papermill_runs(results, profile)
+    rows = [(stem, m["duration"], int(m.get("parameters", {}).get("jobs", 1)), m.get("end_time", ""))
+            for stem, m in runs.items()]
+    spans = [(m.get("start_time"), m.get("end_time")) for m in runs.values()]
     if not rows:
         return ["No executed notebooks found."]
     lines = ["| notebook run | wall time | processes | finished |", "|---|---|---|---|"]
