@@ -170,7 +170,8 @@ class TrainingState:
         meta = read_json(jfile)
         if meta.get("config_hash") != self.config_hash:
             raise ArtifactError(f"{jfile}: saved with config hash {meta.get('config_hash')}, this run has "
-                                f"{self.config_hash}; use a fresh run directory or the same config")
+                                f"{self.config_hash} (the key covers the config, the teacher's weights, the data and "
+                                f"the degradation path); use a fresh run directory or the same ones")
         tensors = load_tensors(self.dir / meta["file"], meta["sha256"])
         for name, m in modules.items():
             load_module(m, tensors, f"{name}.")

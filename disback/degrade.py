@@ -56,6 +56,7 @@ def record_degradation(teacher, config: DegradeConfig, run_dir, progress: bool =
     bar = progress_bar(range(start, config.iters), desc="degradation", disable=not progress or not main,
                        initial=start, total=config.iters)
     for step in bar:
+        parallel.seed_update(config.seed, step + 1)  # dropout masks: a function of (seed, rank, update) alone
         loss = fake_score_step(degraded, opt, generator0, config.batch, config.p_mean, config.p_std, rng,
                                step + 1, run_dir, config.bf16)
         record = {"step": step + 1, "loss_fake": loss}

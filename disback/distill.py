@@ -145,7 +145,8 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
     if pairs is not None:
         pairs = {k: None if v is None else v.to(device) for k, v in pairs.items()}
 
-    key = f"{config.hash()}-{fingerprint(teacher)[:16]}" + (f"-{real.digest[:16]}" if gan else "")  # + real images
+    key = f"{config.hash()}-{fingerprint(teacher)[:16]}" + (f"-{real.digest[:16]}" if gan else "") \
+        + (f"-path-{path.digest[:16]}" if config.backtrack or config.fake_from_path else "")  # + real images, path
     state = TrainingState(run_dir, key)
     meta = state.load(modules, optimizers, rng)
     parallel.barrier()  # every rank has read the state before the main process writes anything
@@ -184,6 +185,7 @@ def distill(teacher, config: DistillConfig, run_dir, path: DegradationPath | Non
                        disable=not progress or not parallel.is_main(), initial=start, total=config.iters)
     for step in bar:
         done = step + 1
+        parallel.seed_update(config.seed, done)  # dropout masks: a function of (seed, rank, update) alone
         switched = _switch_target(schedule.node_at(step), active, target, teacher, path)
         active = schedule.node_at(step)
         for _ in range(config.fake_steps):  # Update fake score (on detached generator samples).

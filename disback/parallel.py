@@ -13,8 +13,8 @@ How a step is split (``steps.py``):
 - Noise. Every process keeps the same training generator (seeded from the run seed, the same on every rank) and
   draws the noise of the whole global batch, then takes its rows with ``shard``. The union of the ranks' slices is
   exactly the single-process batch, so N processes compute the single-process update up to the order of float
-  additions, and the checkpointed RNG state is the global one: a run resumes at any world size that divides the
-  batch. Drawing the global batch on every rank costs one ``randn`` of the global size per draw, small next to
+  additions, and the checkpointed training RNG (the loops' CPU generator) is the global batch's: a run resumes at
+  any world size that divides the batch. Drawing the global batch on every rank costs one ``randn`` of the global size per draw, small next to
   the networks at our scales (not measured at ImageNet-64 batch sizes, where it is CPU work on every rank).
 - Gradients. Each rank's loss is the mean over its equal share, so the average over ranks of the gradients is the
   gradient of the global mean. ``sync_grads`` all-reduces them after ``backward`` and before every optimizer step
@@ -23,7 +23,8 @@ How a step is split (``steps.py``):
   back-propagates through frozen copies, and state-dict names stay those of the single-process run. The price:
   the reduction does not overlap the backward pass as DDP's bucketed hooks do.
 - Seeds. ``rank_seed`` derives the seed of each rank's global torch RNG (dropout in the EDM networks draws from it)
-  from the run seed and the rank; rank 0 keeps the run seed itself. With dropout on, N processes therefore match
+  from the run seed and the rank; rank 0 keeps the run seed itself. ``seed_update`` reseeds that RNG before every
+  update from (seed, rank, step), so a resumed run draws the dropout masks of an uninterrupted one. With dropout on, N processes therefore match
   one process in distribution, not bit for bit.
 - Files. Only the main process (rank 0) writes logs, checkpoints, snapshots, path nodes and metrics, and it alone
   holds the run folder's lock. Evaluation (``metric_fn``, ``probe_fn``) runs on the main process only, on the full
@@ -138,6 +139,15 @@ def rank_seed(seed: int) -> int:
     if rank == 0:
         return seed
     return int.from_bytes(hashlib.sha256(f"{seed}/{rank}".encode()).digest()[:8], "little") >> 1
+
+
+def seed_update(seed: int, step: int) -> None:
+    """Seed this rank's global torch RNG (dropout in the EDM networks draws from it) for update ``step`` of a run
+    with ``seed``: a hash of (seed, rank, step), so the masks of an update depend on nothing before it. A resumed run
+    therefore draws the masks an uninterrupted one draws (the checkpoints hold the loops' own CPU generator, not this
+    one), and whatever an evaluation or probe draws between updates never reaches training."""
+    digest = hashlib.sha256(f"{rank_seed(seed)}/update/{step}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def shard(*tensors):

@@ -6,13 +6,14 @@ fingerprint. Loading is strict: a missing, extra, renamed or altered file is an 
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import ArtifactError, fingerprint, load_module, load_tensors, save_tensors, write_json
+from .checkpoint import ArtifactError, fingerprint, load_module, load_tensors, read_json, save_tensors, write_json
 from .config import check_count, whole_number
 
 MANIFEST = "path.json"
@@ -33,7 +34,7 @@ class PathWriter:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:  # Keep the nodes saved up to the resumed step; later ones are recorded again.
-            old = json.loads((self.root / MANIFEST).read_text())["nodes"] if (self.root / MANIFEST).is_file() else []
+            old = read_json(self.root / MANIFEST)["nodes"] if (self.root / MANIFEST).is_file() else []
             self.manifest["nodes"] = [n for n in old if n["step"] <= resume_step]
         kept = {n["file"] for n in self.manifest["nodes"]}
         stale = sorted(p for p in self.root.glob("node_*.safetensors") if p.name not in kept)
@@ -67,14 +68,25 @@ class DegradationPath:
         root = Path(root)
         mfile = root / MANIFEST
         if not mfile.is_file():
-            raise ArtifactError(f"no degradation path at {root}: {MANIFEST} is missing")
-        m = json.loads(mfile.read_text())
-        if m.get("format") != FORMAT:
-            raise ArtifactError(f"{mfile}: format {m.get('format')!r}, expected {FORMAT!r}")
+            hint = f" (record_degradation writes it to {root / 'path'})" if (root / "path" / MANIFEST).is_file() else ""
+            raise ArtifactError(f"no degradation path at {root}: {MANIFEST} is missing{hint}")
+        m = read_json(mfile)
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise ArtifactError(f"{mfile}: format {m.get('format') if isinstance(m, dict) else m!r}, expected "
+                                f"{FORMAT!r}")
+        missing = [k for k in ("nodes", "config", "teacher_fingerprint") if k not in m]
+        if missing or not isinstance(m["nodes"], list) or not isinstance(m["config"], dict):
+            raise ArtifactError(f"{mfile}: needs a list 'nodes', a dict 'config' and 'teacher_fingerprint'"
+                                + (f"; missing {missing}" if missing else ""))
         nodes = tuple(m["nodes"])
         if len(nodes) < 2:
             raise ArtifactError(f"{mfile}: a path needs at least 2 nodes (teacher and one more); has {len(nodes)}")
         for i, node in enumerate(nodes):
+            if not isinstance(node, dict) or set(node) != {"index", "step", "file", "sha256"} \
+                    or not isinstance(node["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", node["sha256"]) \
+                    or not isinstance(node["step"], int):
+                raise ArtifactError(f"{mfile}: node {i} is listed as {node}; each node needs index, step (an "
+                                    f"integer), file and sha256 (64 hex digits)")
             if node["index"] != i or node["file"] != f"node_{i:03d}.safetensors":
                 raise ArtifactError(f"{mfile}: node {i} is listed as {node}; nodes must be numbered 0..N in order")
             if i and node["step"] <= nodes[i - 1]["step"]:
@@ -101,6 +113,11 @@ class DegradationPath:
     def num_nodes(self) -> int:
         """N: the number of nodes after the teacher."""
         return len(self.nodes) - 1
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the nodes' sha256s in order: names the path's weights (a resumed stage-2 run must keep them)."""
+        return hashlib.sha256("/".join(n["sha256"] for n in self.nodes).encode()).hexdigest()
 
     @property
     def steps(self) -> list[int]:

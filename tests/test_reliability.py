@@ -195,6 +195,25 @@ def test_damaged_path_node_is_refused_by_name(path, tmp_path):
         DegradationPath.load(root)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "a list", "no nodes", "sha256 null", "step a string"])
+def test_damaged_path_manifest_is_refused_by_name(path, tmp_path, damage):
+    """A truncated or altered path.json is one ArtifactError naming it, never a raw JSON / key error, and a node whose
+    sha256 is missing is refused (it would skip the hash check); a run folder given for its path/ is pointed there."""
+    root = tmp_path / "p"
+    shutil.copytree(path.root, root)
+    m = json.loads((root / "path.json").read_text())
+    text = {"truncated": lambda: json.dumps(m)[:40], "a list": lambda: "[]",
+            "no nodes": lambda: json.dumps({k: v for k, v in m.items() if k != "nodes"}),
+            "sha256 null": lambda: json.dumps({**m, "nodes": [{**m["nodes"][0], "sha256": None}, *m["nodes"][1:]]}),
+            "step a string": lambda: json.dumps({**m, "nodes": [m["nodes"][0], {**m["nodes"][1], "step": "5"},
+                                                                *m["nodes"][2:]]})}[damage]()
+    (root / "path.json").write_text(text)
+    with pytest.raises(ArtifactError, match=re.escape(str(root / "path.json"))):
+        DegradationPath.load(root)
+    with pytest.raises(ArtifactError, match=r"path\.json is missing \(record_degradation writes it to .*path\)"):
+        DegradationPath.load(path.root.parent)
+
+
 def test_damaged_teacher_files_are_refused_by_name(teacher, tmp_path):
     """Altered teacher.safetensors, truncated teacher.json, or a teacher.json describing another net: each named."""
     save_teacher(teacher, tmp_path)
@@ -601,3 +620,65 @@ def test_tensor_digest_keeps_every_artifact_key_byte_identical():
     # experiments' data fingerprint: the setting's name, then shape and bytes of the tensors that are not None.
     assert tensor_digest(x, None, held, held_y, extra="digits") == _old_digest(b"digits", [x, held, held_y])
     assert tensor_digest(x, extra=b"a") != tensor_digest(x, extra=b"b") != tensor_digest(x.reshape(5, 64), extra=b"b")
+
+
+def test_dropout_runs_resume_bitwise_and_ignore_evaluation_draws(tmp_path, monkeypatch, one_thread):
+    """With dropout (the EDM teachers' networks), both stages killed mid-run resume bitwise, and a metric that draws
+    from the global RNG leaves the run unchanged: the masks of an update depend on (seed, rank, update) alone."""
+    from disback.networks import EDMDenoiser
+    from disback.networks.presets import edm_teacher_kwargs
+
+    torch.manual_seed(0)
+    teacher = EDMDenoiser(**{**edm_teacher_kwargs("afhqv2_64", "tiny", 8), "dropout": 0.25})
+    teacher = teacher.eval().requires_grad_(False)
+    dcfg = DegradeConfig(iters=6, num_nodes=2, batch=4, lr=1e-3, ckpt_every=2)
+    ref = disback.record_degradation(teacher, dcfg, tmp_path / "d_ref", progress=False)
+    degrade, calls = importlib.import_module("disback.degrade"), []
+    real_step = degrade.fake_score_step
+
+    def dying_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Crash
+        return real_step(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(degrade, "fake_score_step", dying_step)
+        with pytest.raises(Crash):
+            disback.record_degradation(teacher, dcfg, tmp_path / "d_run", progress=False)
+    resumed = disback.record_degradation(teacher, dcfg, tmp_path / "d_run", progress=False)
+    assert [n["sha256"] for n in resumed.nodes] == [n["sha256"] for n in ref.nodes]
+
+    cfg = DistillConfig(iters=5, iters_per_node=2, batch=4, lr_gen=1e-3, lr_fake=1e-3, eval_every=1, ckpt_every=2)
+    evaluations = []
+
+    def metric(generator):  # draws from the global RNG, as a careless metric might; dies once, at step 3
+        evaluations.append(float(torch.rand(())))
+        if len(evaluations) == 4:
+            raise Crash
+        return {"draw": evaluations[-1]}
+
+    plain = disback.backtrack(teacher, ref, cfg, tmp_path / "s_ref", progress=False)
+    with pytest.raises(Crash):
+        disback.backtrack(teacher, ref, cfg, tmp_path / "s_run", progress=False, metric_fn=metric)
+    assert json.loads((tmp_path / "s_run" / "state.json").read_text())["step"] == 2
+    resumed = disback.backtrack(teacher, ref, cfg, tmp_path / "s_run", progress=False, metric_fn=metric)
+    for a, b in ((plain.generator, resumed.generator), (plain.fake_score, resumed.fake_score)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [r["loss_gen"] for r in plain.log[1:]] == [r["loss_gen"] for r in resumed.log[1:]]
+
+
+def test_resume_along_another_path_is_refused(teacher, path, tmp_path, one_thread):
+    """A stage-2 run folder resumed with a different degradation path (same teacher and config) is refused: its
+    targets would come from one path and its weights from another."""
+    cfg = DistillConfig(iters=4, iters_per_node=1, batch=16, ckpt_every=1)
+    other = disback.record_degradation(teacher, DegradeConfig(iters=20, num_nodes=4, batch=32, lr=3e-4),
+                                       tmp_path / "other", progress=False)
+    disback.backtrack(teacher, path, cfg, tmp_path / "s", progress=False)
+    with pytest.raises(ArtifactError, match="config hash"):
+        disback.backtrack(teacher, other, cfg, tmp_path / "s", progress=False)
+    control = cfg.replace(backtrack=False, fake_from_path=True)
+    disback.distill(teacher, control, tmp_path / "c", path=path, progress=False)
+    with pytest.raises(ArtifactError, match="config hash"):
+        disback.distill(teacher, control, tmp_path / "c", path=other, progress=False)
