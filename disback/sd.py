@@ -189,17 +189,24 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.n
                 "conv2", "conv_shortcut", "time_emb_proj"]
 
 
-def add_lora(unet: nn.Module, rank: int, targets=None) -> nn.Module:
+def add_lora(unet: nn.Module, rank: int, targets=None, seed: int = 0) -> nn.Module:
     """Add zero-initialised LoRA adapters (peft) to ``unet`` and turn every other weight into a buffer.
 
     The output is unchanged at first (LoRA's B starts at zero). With the base weights as buffers, ``parameters()``
     yields the adapters alone, so the shared loops (``requires_grad_``, Adam, EMA) train only them, while
-    ``state_dict()`` (path nodes, fingerprints) still holds every weight.
+    ``state_dict()`` (path nodes, fingerprints) still holds every weight. LoRA's A is drawn from ``seed`` alone (the
+    caller's RNG streams are left as they were), so the same stack always gives the same teacher and fingerprint:
+    a run folder resumes in a fresh process whatever it drew before.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=targets or LORA_TARGETS)
-    unet = inject_adapter_in_model(config, unet)
+    cuda = sorted({p.device.index or 0 for p in unet.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        unet = inject_adapter_in_model(config, unet)
     adapters = {id(p) for k, p in unet.named_parameters() if "lora_" in k}
     for module in unet.modules():
         for name, p in list(module._parameters.items()):

@@ -130,6 +130,17 @@ def test_lora_trains_only_the_adapters(stack, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
 
 
+def test_lora_teacher_is_the_same_whatever_was_drawn_before(stack):
+    """LoRA's A comes from a fixed seed: a fresh process (or any RNG state) builds the same teacher, so a run folder
+    keyed by its fingerprint resumes; the caller's RNG stream is left as it was."""
+    torch.manual_seed(1)
+    first = fingerprint(make_teacher(stack, PROMPTS, lora_rank=4))
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    assert fingerprint(make_teacher(stack, PROMPTS, lora_rank=4)) == first
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_gradient_checkpointing_changes_memory_not_the_update(stack, tmp_path):
     """One DisBack-loop update with UNet gradient checkpointing gives the same generator as without it."""
     weights = []
