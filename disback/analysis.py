@@ -67,7 +67,12 @@ def iters_per_node_for_share(share: float, num_nodes: int, iters: int) -> int:
         raise ValueError(f"share={share!r}: must be in (0, 1): the teacher must stay the target for the rest")
     if num_nodes < 2:
         raise ValueError(f"num_nodes={num_nodes!r}: a share needs at least one intermediate node (num_nodes >= 2)")
-    return max(1, round(share * iters / (num_nodes - 1)))
+    per_node = share * iters / (num_nodes - 1)
+    if per_node < 0.5:  # would round to 0 updates per node: any schedule spends far more than the share asked
+        raise ValueError(f"share={share!r} of {iters} updates over {num_nodes - 1} intermediate nodes is "
+                         f"{per_node:.2g} update per node; the least schedule (1 per node) is a share of "
+                         f"{(num_nodes - 1) / iters:.2g}: raise the share or iters, or use fewer nodes")
+    return round(per_node)
 
 
 def schedule_share(config: DistillConfig, num_nodes: int) -> float:

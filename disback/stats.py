@@ -23,12 +23,15 @@ from .config import check_count
 def time_to_threshold(x, values, threshold: float) -> tuple[float, bool]:
     """First ``x`` at which ``values`` (lower is better) is <= ``threshold``; ``(x[-1], False)`` if never.
 
-    Interpolates linearly between the last evaluation above and the first at or below the threshold.
-    Returns ``(time, reached)``.
+    Interpolates linearly between the last evaluation above and the first at or below the threshold (not when the
+    one above is NaN or infinite, e.g. a metric of non-finite samples: then the first one at or below is the time).
+    ``x`` must be increasing. Returns ``(time, reached)``.
     """
     x, values = np.asarray(x, np.float64), np.asarray(values, np.float64)
     if x.ndim != 1 or x.shape != values.shape or len(x) == 0:
         raise ValueError(f"x and values: must be 1-D of the same non-zero length; got {x.shape} and {values.shape}")
+    if not (np.isfinite(x).all() and (np.diff(x) > 0).all()):
+        raise ValueError(f"x: must be finite and increasing (the evaluation steps); got {x.tolist()}")
     try:
         finite = not isinstance(threshold, (bool, np.bool_, str)) and bool(np.isfinite(float(threshold)))
     except (TypeError, ValueError):
@@ -42,6 +45,8 @@ def time_to_threshold(x, values, threshold: float) -> tuple[float, bool]:
     if i == 0:
         return float(x[0]), True
     v0, v1 = values[i - 1], values[i]
+    if not np.isfinite(v0):  # nothing to interpolate from
+        return float(x[i]), True
     frac = (v0 - threshold) / (v0 - v1) if v0 != v1 else 1.0
     return float(x[i - 1] + frac * (x[i] - x[i - 1])), True
 
@@ -100,13 +105,23 @@ def speedup(times_a, times_b, reached_a=None, reached_b=None, level: float = 0.9
     with np.errstate(divide="ignore", invalid="ignore"):  # both arms at the threshold from the start: nan
         boot = a[idx].mean(1) / b[idx].mean(1)
         ratio = a.mean() / b.mean()
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if np.isfinite(boot).all() else (np.nan, np.nan)
+    lo, hi = _percentile_interval(boot, level)
     bca_lo, bca_hi = _bca_ratio(a, b, level, n_boot, seed)
     method = "BCa" if np.isfinite(bca_lo) and np.isfinite(bca_hi) else "percentile"
     t = paired_ratio_t(a, b, level)
     censored = not (np.all(True if reached_a is None else reached_a) and np.all(True if reached_b is None else reached_b))
     return Speedup(float(ratio), *(map(float, (bca_lo, bca_hi) if method == "BCa" else (lo, hi))), level, len(a),
                    bool(censored), n_boot, method, float(lo), float(hi), t["ratio"], t["ci_low"], t["ci_high"])
+
+
+def _percentile_interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap ratios; a resample whose arm B mean is 0 (reached at once) counts as +inf, so
+    a bound in that tail is inf; (nan, nan) where some resample is 0 / 0 (both arms reached at once)."""
+    if np.isnan(boot).any():
+        return np.nan, np.nan
+    with np.errstate(invalid="ignore"):  # interpolating between two infinities: inf - inf
+        bounds = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return tuple(np.inf if np.isnan(v) else float(v) for v in bounds)
 
 
 def _bca_ratio(a: np.ndarray, b: np.ndarray, level: float, n_boot: int, seed: int) -> tuple[float, float]:

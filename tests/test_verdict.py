@@ -145,6 +145,9 @@ def test_share_of_updates_on_intermediate_nodes():
     for bad in ({"share": 0.0, "num_nodes": 4}, {"share": 1.0, "num_nodes": 4}, {"share": 0.1, "num_nodes": 1}):
         with pytest.raises(ValueError):
             iters_per_node_for_share(iters=400, **bad)
+    assert iters_per_node_for_share(0.05, 8, 300) == 2  # 2.1 per node: 14 of 300 updates, the nearest schedule
+    with pytest.raises(ValueError, match="0.1 update per node; the least schedule .* a share of 0.1"):
+        iters_per_node_for_share(0.01, 11, 100)  # would silently become 1 per node, i.e. 10% of the updates
 
 
 def test_schedule_grid_gives_every_arm_of_a_method_its_options():
@@ -199,6 +202,8 @@ BAD_STATS_AND_METRICS = {
     "mean_ci 2-D": (lambda: mean_ci([[1., 2], [3, 4]]), r"values: must be 1-D .*\(2, 2\)"),
     "time_to_threshold threshold None": (lambda: time_to_threshold([1, 2], [3, 1], None),
                                          r"threshold=None: must be a finite number"),
+    "time_to_threshold x decreasing": (lambda: time_to_threshold([0, 20, 10], [3, 2, 1], 1.5),
+                                       r"x: must be finite and increasing"),
     "final_values no evaluations": (lambda: final_values([]), r"values: must be \[seeds, evals\].*\(1, 0\)"),
     "final_values 3-D": (lambda: final_values(np.zeros((2, 2, 2))), r"values: must be \[seeds, evals\]"),
     "mean_log_metric steps of another length": (lambda: mean_log_metric([0., 10, 20], [[1., 2]]),
@@ -231,9 +236,31 @@ def test_bad_stats_and_metrics_inputs_name_the_argument(case):
         call()
 
 
+def test_threshold_time_after_a_non_finite_evaluation_and_infinite_bootstrap_ratios():
+    """A NaN / inf evaluation (a metric of non-finite samples) is not interpolated from: the crossing is the next
+    evaluation at or below the threshold. A resample whose arm B reached at once is an infinite ratio: the percentile
+    interval's bounds stay the quantiles (inf only in that tail), not NaN."""
+    for bad in (np.nan, np.inf):
+        assert time_to_threshold([0, 10, 20], [5, bad, 1], 2) == (20.0, True)
+    assert time_to_threshold([0, 10, 20], [5, 3, 1], 2) == (15.0, True)
+    s = speedup([50., 60, 70, 80, 90], [0., 30, 35, 40, 45], n_boot=4000)
+    idx = np.random.default_rng(0).integers(0, 5, size=(4000, 5))
+    with np.errstate(divide="ignore"):
+        boot = np.array([50., 60, 70, 80, 90])[idx].mean(1) / np.array([0., 30, 35, 40, 45])[idx].mean(1)
+    assert np.isinf(boot).any() and np.isfinite([s.pct_low, s.pct_high]).all()
+    assert (s.pct_low, s.pct_high) == tuple(np.quantile(boot, [0.025, 0.975]))
+    assert np.isnan(speedup([0., 0, 5], [0., 0, 5]).pct_low)  # a 0 / 0 resample: undefined
+
+
 def test_metrics_refuse_a_bare_sigma_and_w2_of_nan_samples_is_nan():
     with pytest.raises(TypeError, match=r"sigmas: must be a list of noise levels .*got float"):
         score_error(_MIX, _MIX, torch.zeros(4, 2), 0.5)
+    for sigmas, kind in (("25", r"list of noise levels .*got str"), (["0.5"], "number; got str"),
+                         ([True], "number; got bool")):
+        with pytest.raises(TypeError, match=kind):  # a string was split into digits, a bool read as 1.0
+            score_error(_MIX, _MIX, torch.zeros(4, 2), sigmas)
+    with pytest.raises(TypeError, match="x0: must be a torch tensor"):
+        score_mismatch(_MIX, _MIX, np.zeros((4, 2)), [0.5])
     x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
     assert np.isnan(wasserstein2(x * float("nan"), x))  # the solver alone returns 0.0: a perfect score
     assert score_mismatch(_MIX, _MIX, x, (s for s in [0.5, 1.0])) == {"0.5": 0.0, "1.0": 0.0}  # a generator works
