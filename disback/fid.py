@@ -74,6 +74,11 @@ def fid(samples: torch.Tensor, reference: torch.Tensor, extractor: str = "digits
     """
     if extractor not in EXTRACTORS:
         raise ValueError(f"extractor={extractor!r}: must be one of {EXTRACTORS}")
+    for name, images in (("samples", samples), ("reference", reference)):
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{name}: must be a torch tensor [N, C, H, W] in [-1, 1]; got {type(images).__name__}")
+        if images.ndim and len(images) < 2:
+            raise ValueError(f"{name}: FID needs at least 2 images (a covariance of features); got {len(images)}")
     options = {}
     if extractor == "digits-classifier":
         if classifier is None and weights_path is None:

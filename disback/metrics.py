@@ -1,6 +1,8 @@
 """Sample-quality metrics: Frechet distance, exact optimal-transport W2, mode statistics, score error."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -95,7 +97,7 @@ def score_error(denoiser, exact, x0: torch.Tensor, sigmas, seed: int = 0) -> dic
     g = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in sigmas:
-        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        x = _noised(x0, sigma, g)
         s_exact = exact.score(x, sigma) if hasattr(exact, "score") else model_score(exact, x, sigma)
         s_model = model_score(denoiser, x, sigma)
         out[float(sigma)] = float(((s_model - s_exact) ** 2).sum(1).mean() / (s_exact ** 2).sum(1).mean())
@@ -122,22 +124,41 @@ def score_mismatch(denoiser_a, denoiser_b, x0: torch.Tensor, sigmas, labels=None
     g = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in sigmas:
-        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        x = _noised(x0, sigma, g)
         call = [d(x, sigma) if labels is None or getattr(d, "label_dim", 0) == 0 else d(x, sigma, labels)
                 for d in (denoiser_a, denoiser_b)]
         out[str(float(sigma))] = float(((call[0] - call[1]) ** 2).flatten(1).mean(1).mean() / sigma ** 2)
     return out
 
 
+def _noised(x0: torch.Tensor, sigma, g: torch.Generator) -> torch.Tensor:
+    """x0 + sigma n, the noise n drawn on the CPU from ``g`` (the same numbers for any device) and moved to x0's."""
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0: must be a torch tensor of points [N, ...]; got {type(x0).__name__}")
+    return x0 + sigma * torch.randn(x0.shape, generator=g).to(x0.device)
+
+
+def _is_number(s) -> bool:
+    """A real number (not a bool or a string), or a 0-d tensor / array of one."""
+    if isinstance(s, (torch.Tensor, np.ndarray)):
+        return s.ndim == 0 and s.dtype not in (torch.bool, np.bool_) and not s.dtype == np.object_
+    return isinstance(s, numbers.Real) and not isinstance(s, (bool, np.bool_))
+
+
 def _check_sigmas(sigmas) -> list:
-    """``sigmas`` as a list (same elements), refusing a bare number, zero, negative or non-finite noise levels: the
-    per-sigma metrics divide by sigma."""
+    """``sigmas`` as a list (same elements), refusing a bare number or string, non-numbers, zero, negative or
+    non-finite noise levels: the per-sigma metrics divide by sigma."""
     try:
+        if isinstance(sigmas, (str, bytes)):
+            raise TypeError
         sigmas = list(sigmas)
-        values = [float(s) for s in sigmas]
     except TypeError:
         raise TypeError(f"sigmas: must be a list of noise levels (e.g. [0.5, 2.0]); got {type(sigmas).__name__}") \
             from None
+    kinds = [type(s).__name__ for s in sigmas if not _is_number(s)]
+    if kinds:
+        raise TypeError(f"sigmas: every noise level must be a number; got {', '.join(sorted(set(kinds)))}")
+    values = [float(s) for s in sigmas]
     bad = [v for v in values if not (np.isfinite(v) and v > 0)]
     if bad or not values:
         raise ValueError(f"sigmas={sigmas!r}: must be a non-empty list of finite noise levels > 0")
@@ -161,7 +182,7 @@ def direction_agreement(fake, target, gen_score, data_score, x0: torch.Tensor, s
     g = torch.Generator().manual_seed(seed)
     out = {}
     for sigma in sigmas:
-        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        x = _noised(x0, sigma, g)
         update = (fake(x, sigma) - target(x, sigma)).flatten(1)
         ideal = (gen_score(x, sigma) - data_score(x, sigma)).flatten(1)
         out[str(float(sigma))] = float(torch.nn.functional.cosine_similarity(update, ideal, dim=1).mean())

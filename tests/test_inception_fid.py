@@ -128,3 +128,18 @@ def test_seed_set_protocols_and_batch_independence():
     assert sid["std"] == pytest.approx(np.std(sid["per_set"], ddof=1)) and edm["seed_sets"][1] == [20, 39]
     with pytest.raises(ValueError, match="protocol='best'"):
         fid_over_seed_sets(sample_fn, reference, ex, sets, protocol="best")
+
+
+def test_fid_refuses_too_few_images_and_arrays():
+    """One image has no covariance (a LinAlgError deep in scipy before), none an IndexError, a numpy array a TypeError
+    from isfinite: each is refused up front, naming the argument."""
+    from disback.fid import fid
+
+    many = torch.zeros(4, 1, 8, 8)
+    for samples, error, match in ((many[:1], ValueError, "samples: FID needs at least 2 images .* got 1"),
+                                  (many[:0], ValueError, "got 0"),
+                                  (many.numpy(), TypeError, "samples: must be a torch tensor")):
+        with pytest.raises(error, match=match):
+            fid(samples, many, "inception-v3-compat", weights_path="unused")
+    with pytest.raises(ValueError, match="reference: FID needs at least 2 images"):
+        fid(many, many[:1], "inception-v3-compat", weights_path="unused")
