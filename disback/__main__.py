@@ -30,30 +30,32 @@ def main(argv=None) -> int:
     speed.add_argument("--methods", default="diff_instruct,disback", help="comma list of baselines and disback")
     speed.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     speed.add_argument("--batch", default="32", help="one batch for all, or per setting: imagenet64=32,ffhq64=64")
-    speed.add_argument("--updates", type=int, default=20, help="timed updates per arm (after --warmup)")
-    speed.add_argument("--warmup", type=int, default=3, help="untimed updates per arm")
+    speed.add_argument("--updates", type=_at_least(1), default=20, help="timed updates per arm (after --warmup)")
+    speed.add_argument("--warmup", type=_at_least(0), default=3, help="untimed updates per arm")
     speed.add_argument("--max-seconds", type=float, default=60.0, help="stop an arm's timed loop after this long")
     speed.add_argument("--size", default="full", help="full (the teachers' size) or tiny (CPU tests)")
-    speed.add_argument("--resolution", type=int, default=16, help="image size of --size tiny")
-    speed.add_argument("--path-nodes", type=int, default=2, help="DisBack path nodes written and read per arm")
-    speed.add_argument("--sampling-batch", type=int, default=0,
+    speed.add_argument("--resolution", type=_at_least(4), default=16, help="image size of --size tiny (even)")
+    speed.add_argument("--path-nodes", type=_at_least(1), default=2, help="DisBack path nodes written and read per arm")
+    speed.add_argument("--sampling-batch", type=_at_least(0), default=0,
                        help="also time one-step sampling against the teacher's EDM sampler (NFE 79 / 511) at this batch")
-    speed.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    speed.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     speed.add_argument("--out", required=True, help="JSON record, e.g. results/paper/throughput_imagenet64.json")
     bench = sub.add_parser("sd-throughput", help="time DisBack updates on a random Stable Diffusion-sized stack")
     bench.add_argument("--size", choices=("tiny", "sd15"), default="tiny", help="tiny (CPU test) or SD 1.5's shapes")
-    bench.add_argument("--updates", type=int, default=20, help="updates timed per row (after the warm-up)")
-    bench.add_argument("--warmup", type=int, default=3, help="updates before timing starts")
+    bench.add_argument("--updates", type=_at_least(1), default=20, help="updates timed per row (after the warm-up)")
+    bench.add_argument("--warmup", type=_at_least(0), default=3, help="updates before timing starts")
     bench.add_argument("--precision", default="bf16,fp16", help="comma list of fp32, bf16, fp16 (UNet autocast)")
     bench.add_argument("--lora", default="on,off", help="comma list of on, off")
-    bench.add_argument("--lora-rank", type=int, default=64)
-    bench.add_argument("--batch", type=int, default=4, help="samples per update")
-    bench.add_argument("--fake-steps", type=int, default=1, help="fake-score updates per generator update")
+    bench.add_argument("--lora-rank", type=_at_least(1), default=64)
+    bench.add_argument("--batch", type=_at_least(1), default=4, help="samples per update")
+    bench.add_argument("--fake-steps", type=_at_least(1), default=1, help="fake-score updates per generator update")
     bench.add_argument("--guidance", type=float, default=1.75, help="classifier-free guidance of the target")
     bench.add_argument("--checkpointing", action="store_true", help="UNet gradient checkpointing (memory for time)")
-    bench.add_argument("--device", default="auto")
+    bench.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     bench.add_argument("--out", default=None, help="JSON file for the result")
     args = parser.parse_args(argv)
+    if getattr(args, "device", None) == "cuda" and not _cuda():
+        parser.error(f"{args.command} --device cuda: no CUDA GPU here (use --device cpu)")
     if args.command == "download":
         return _download(args)
     if args.command == "throughput":
@@ -73,6 +75,25 @@ def main(argv=None) -> int:
           f"{meta['parameters']:,} parameters, data {meta['data_shape']}, {meta['label_dim']} classes, "
           f"weights sha256 {meta['sha256']}")
     return 0
+
+
+def _at_least(least: int):
+    """argparse type: an integer >= ``least``, refused with the option's name otherwise."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}; got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}; got {value}")
+        return value
+    return count
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _download(args) -> int:
@@ -101,10 +122,14 @@ def _throughput(args) -> int:
 
     settings = args.setting.split(",")
     try:
-        if "=" in args.batch:
-            batches = {k: int(v) for k, v in (item.split("=") for item in args.batch.split(","))}
-        else:
-            batches = dict.fromkeys(settings, int(args.batch))
+        try:
+            pairs = [item.split("=") for item in args.batch.split(",")] if "=" in args.batch else None
+            batches = {k: int(v) for k, v in pairs} if pairs else dict.fromkeys(settings, int(args.batch))
+        except ValueError:
+            raise ValueError(f"--batch {args.batch!r}: must be an integer, or setting=integer pairs such as "
+                             f"imagenet64=32,ffhq64=64") from None
+        if min(batches.values()) < 1:
+            raise ValueError(f"--batch {args.batch!r}: batches must be >= 1")
         missing = [s for s in settings if s not in batches]
         if missing:
             raise ValueError(f"--batch {args.batch!r}: no batch for {missing}")

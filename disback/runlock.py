@@ -72,7 +72,10 @@ def locks_run_dir(fn):
     def wrapper(*args, **kwargs):
         from .parallel import is_main  # here, so that run_lock works in a file loaded on its own
 
-        run_dir = signature.bind(*args, **kwargs).arguments.get("run_dir")
+        try:
+            run_dir = signature.bind(*args, **kwargs).arguments.get("run_dir")
+        except TypeError as e:  # name the function: bind's message alone does not ("got an unexpected keyword ...")
+            raise TypeError(f"{fn.__name__}(): {e}") from None
         if run_dir is None or not is_main():
             return fn(*args, **kwargs)
         with run_lock(run_dir):

@@ -110,6 +110,14 @@ def test_training_without_run_dir_takes_no_lock(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_wrong_argument_names_the_locked_stage(tmp_path):
+    """The lock's wrapper binds the arguments first: a wrong keyword is a TypeError naming the stage, not the wrapper."""
+    import disback
+
+    with pytest.raises(TypeError, match=r"^distill\(\): got an unexpected keyword argument 'method'"):
+        disback.distill(None, None, tmp_path, method="foo")
+
+
 def test_a_waiting_reader_takes_the_lock_once_the_holder_is_done(tmp_path):
     """Notebooks sharing a run wait (``wait`` > 0) for the process training it rather than stopping: the wait ends
     when the holder exits, and a wait that runs out names the holder as usual."""

@@ -58,6 +58,20 @@ def test_throughput_refuses_bad_choices_with_one_line(capsys, tmp_path):
     rc = main(["throughput", "--setting", "ffhq64,imagenet64", "--batch", "ffhq64=4", "--random-weights",
                "--out", str(tmp_path / "x.json")])
     assert rc == 2 and "no batch for ['imagenet64']" in capsys.readouterr().err
+    out = ["--random-weights", "--size", "tiny", "--out", str(tmp_path / "x.json")]
+    for args, message in ((["--batch", "abc"], "--batch 'abc': must be an integer, or setting=integer pairs"),
+                          (["--batch", "ffhq64=0", "--setting", "ffhq64"], "batches must be >= 1"),
+                          (["--resolution", "7"], "resolution=7: the tiny networks need an even image size")):
+        assert main(["throughput", *out, *args]) == 2 and message in capsys.readouterr().err
+    for command, args, message in (("throughput", ["--updates", "0"], "--updates: must be an integer >= 1; got 0"),
+                                   ("throughput", ["--warmup", "-1"], "--warmup: must be an integer >= 0; got -1"),
+                                   ("throughput", ["--device", "tpu"], "--device: invalid choice: 'tpu'"),
+                                   ("sd-throughput", ["--updates", "0"], "--updates: must be an integer >= 1"),
+                                   ("sd-throughput", ["--batch", "x"], "--batch: must be an integer >= 1; got 'x'")):
+        with pytest.raises(SystemExit) as exit_:  # argparse: usage and one error line, status 2, before any work
+            main([command, *(out if command == "throughput" else []), *args])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_presets_are_the_released_teachers_sizes():

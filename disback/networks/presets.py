@@ -35,6 +35,9 @@ def edm_teacher_kwargs(setting: str, size: str = "full", resolution: int = 16) -
         raise ValueError(f"size={size!r}: must be one of {SIZES}")
     kwargs = dict(EDM_TEACHERS[setting])
     if size == "tiny":
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4 or resolution % 2:
+            raise ValueError(f"resolution={resolution!r}: the tiny networks need an even image size >= 4 (one "
+                             f"downsampling level)")
         kwargs.update(TINY, img_resolution=resolution, attn_resolutions=[resolution // 2])
     return kwargs
 
