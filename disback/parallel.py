@@ -14,8 +14,9 @@ How a step is split (``steps.py``):
   draws the noise of the whole global batch, then takes its rows with ``shard``. The union of the ranks' slices is
   exactly the single-process batch, so N processes compute the single-process update up to the order of float
   additions, and the checkpointed training RNG (the loops' CPU generator) is the global batch's: a run resumes at
-  any world size that divides the batch. Drawing the global batch on every rank costs one ``randn`` of the global size per draw, small next to
-  the networks at our scales (not measured at ImageNet-64 batch sizes, where it is CPU work on every rank).
+  any world size that divides the batch. Drawing the global batch on every rank costs one ``randn`` of the global
+  size per draw, small next to the networks at our scales (not measured at ImageNet-64 batch sizes, where it is
+  CPU work on every rank).
 - Gradients. Each rank's loss is the mean over its equal share, so the average over ranks of the gradients is the
   gradient of the global mean. ``sync_grads`` all-reduces them after ``backward`` and before every optimizer step
   (generator and fake score in stage 2, the degrading copy in stage 1). We reduce explicitly rather than wrapping
@@ -24,8 +25,8 @@ How a step is split (``steps.py``):
   the reduction does not overlap the backward pass as DDP's bucketed hooks do.
 - Seeds. ``rank_seed`` derives the seed of each rank's global torch RNG (dropout in the EDM networks draws from it)
   from the run seed and the rank; rank 0 keeps the run seed itself. ``seed_update`` reseeds that RNG before every
-  update from (seed, rank, step), so a resumed run draws the dropout masks of an uninterrupted one. With dropout on, N processes therefore match
-  one process in distribution, not bit for bit.
+  update from (seed, rank, step), so a resumed run draws the dropout masks of an uninterrupted one. With dropout
+  on, N processes therefore match one process in distribution, not bit for bit.
 - Files. Only the main process (rank 0) writes logs, checkpoints, snapshots, path nodes and metrics, and it alone
   holds the run folder's lock. Evaluation (``metric_fn``, ``probe_fn``) runs on the main process only, on the full
   evaluation set, while the other ranks wait at their next all-reduce. Checkpoints hold the global state (weights,
